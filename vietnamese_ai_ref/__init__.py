@@ -11,3 +11,9 @@ SPEC_VERSION = "1.0"
 from .autograd import Tensor, no_grad, tensor  # noqa: E402,F401
 from .backends import get_backend, set_backend, use_backend  # noqa: E402,F401
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402,F401
+from .records import DataError  # noqa: E402,F401
+from .training import NonFiniteError  # noqa: E402,F401
+from .sft import SFTTrainer  # noqa: E402,F401
+from .dpo import DPOTrainer  # noqa: E402,F401
+from .reward import RewardModel  # noqa: E402,F401
+from .pipeline import RLHFPipeline  # noqa: E402,F401

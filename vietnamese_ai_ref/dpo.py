@@ -1,0 +1,143 @@
+"""DPOTrainer: Direct Preference Optimization with the seeds' constructor, over the shared loop.
+
+What it is for: the sigmoid DPO loss with conservative label smoothing (spec/losses.md "DPO"), the
+reference model frozen and evaluated once per record before training, implicit rewards, margins
+and accuracies in the history.
+What it is not: the loss formula itself (losses.dpo_loss) or a loop of its own (training.py).
+"""
+
+from __future__ import annotations
+
+from . import losses
+from .autograd import no_grad
+from .backends import get_backend
+from .records import pad_batch, prepare_pairs
+from .sft import effective_max_len, resolve_tokenizer
+from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
+                       min_or_none, run_loop)
+
+
+def pair_batch(examples, pad_id):
+    """Chosen rows then rejected rows, one padded batch of 2·B sequences (as TRL concatenates)."""
+    xp = get_backend().xp
+    seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    labs = [e["chosen_labels"] for e in examples] + [e["rejected_labels"] for e in examples]
+    ids, mask, labels = pad_batch(seqs, pad_id, labs)
+    return xp.asarray(ids, dtype=xp.int64), xp.asarray(mask, dtype=xp.int64), xp.asarray(labels, dtype=xp.int64)
+
+
+def pair_logps(model, examples, pad_id):
+    """(chosen log-probs, rejected log-probs) of a batch of pairs, each (B,)."""
+    ids, mask, labels = pair_batch(examples, pad_id)
+    logps = losses.sequence_logps(model(ids, attention_mask=mask), labels)  # (2B,)
+    B = len(examples)
+    return logps[:B], logps[B:]
+
+
+class DPOTrainer(TrainerBase):
+    """Direct Preference Optimization Trainer."""
+
+    def __init__(self, so_vong=1, kich_thuoc_batch=2, toc_do_hoc=5e-7, beta=0.1, label_smoothing=0.0,
+                 gradient_accumulation=4, gradient_clip=1.0, max_seq_length=512, logging_steps=10, seed=42,
+                 *, warmup_ratio=0.0, weight_decay=0.0):
+        self.so_vong = check_int("so_vong", so_vong)
+        self.kich_thuoc_batch = check_int("kich_thuoc_batch", kich_thuoc_batch)
+        self.toc_do_hoc = check_float("toc_do_hoc", toc_do_hoc, low=0.0, low_open=True)
+        self.beta = check_float("beta", beta, low=0.0, low_open=True)
+        self.label_smoothing = check_float("label_smoothing", label_smoothing, low=0.0, high=0.5)
+        self.gradient_accumulation = check_int("gradient_accumulation", gradient_accumulation)
+        self.gradient_clip = check_float("gradient_clip", gradient_clip, low=0.0)
+        self.max_seq_length = check_int("max_seq_length", max_seq_length, minimum=2)
+        self.logging_steps = check_int("logging_steps", logging_steps)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.warmup_ratio = check_float("warmup_ratio", warmup_ratio, low=0.0, high=1.0)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+        self._init_common({
+            "so_vong": so_vong, "kich_thuoc_batch": kich_thuoc_batch, "toc_do_hoc": toc_do_hoc, "beta": beta,
+            "label_smoothing": label_smoothing, "gradient_accumulation": gradient_accumulation,
+            "gradient_clip": gradient_clip, "max_seq_length": max_seq_length, "logging_steps": logging_steps,
+            "seed": seed, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay,
+        })
+
+    def huan_luyen(self, model, ref_model, preference_data, tokenizer=None, callback=None) -> dict:
+        """Huấn luyện DPO / run DPO. `ref_model=None`: a frozen copy of `model` taken now.
+
+        Returns tong_thoi_gian, so_epoch, global_step, train_loss_min, final_reward_margin and history
+        (train_loss, chosen_rewards, rejected_rewards, reward_margin, reward_accuracy)."""
+        check_model(model)
+        if ref_model is model:
+            raise ValueError(
+                "'ref_model' không được là cùng một đối tượng với 'model' (mô hình tham chiếu phải đóng băng); "
+                "truyền None để dùng bản sao / 'ref_model' must not be the same object as 'model'; "
+                "pass None for a frozen copy"
+            )
+        if ref_model is not None:
+            check_model(ref_model, "ref_model")
+            if ref_model.config.vocab_size != model.config.vocab_size:
+                raise ValueError(
+                    f"'ref_model' có vocab_size {ref_model.config.vocab_size} khác 'model' "
+                    f"({model.config.vocab_size}) / vocab sizes differ"
+                )
+        check_callback(callback)
+        tok = resolve_tokenizer(tokenizer, model)
+        max_len = effective_max_len(self.max_seq_length, model)
+        if ref_model is not None:
+            max_len = min(max_len, ref_model.config.n_positions)
+        pairs = prepare_pairs(preference_data, tok, max_len, require_prompt=True, allow_margin=False)
+        pad = tok.pad_token_id
+        ref = ref_model if ref_model is not None else model.copy()
+
+        # Reference log-probs: once per record, frozen, no graph (spec/losses.md "DPO").
+        was_training = getattr(ref, "training", False)
+        ref.eval()
+        with no_grad():
+            for i in range(0, len(pairs), self.kich_thuoc_batch):
+                chunk = pairs[i:i + self.kich_thuoc_batch]
+                rc, rr = pair_logps(ref, chunk, pad)
+                for e, c, r in zip(chunk, rc.numpy().tolist(), rr.numpy().tolist()):
+                    e["ref_chosen"], e["ref_rejected"] = c, r
+        if was_training:
+            ref.train()
+        beta, eps = self.beta, self.label_smoothing
+
+        def micro_step(batch, denominator):
+            be = get_backend()
+            pc, pr = pair_logps(model, batch, pad)
+            rc = be.asarray([e["ref_chosen"] for e in batch])
+            rr = be.asarray([e["ref_rejected"] for e in batch])
+            per_pair, cr, rj = losses.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
+            cr, rj = be.to_numpy(getattr(cr, "data", cr)), be.to_numpy(getattr(rj, "data", rj))
+            n = len(batch)
+            stats = {
+                "chosen_rewards": (float(cr.sum()), n),
+                "rejected_rewards": (float(rj.sum()), n),
+                "reward_margin": (float((cr - rj).sum()), n),
+                "reward_accuracy": (float((cr > rj).sum()), n),
+            }
+            return per_pair.sum() / denominator, stats
+
+        run = run_loop(model=model, examples=pairs, settings=LoopSettings(
+            epochs=self.so_vong, batch_size=self.kich_thuoc_batch, accumulation=self.gradient_accumulation,
+            lr=self.toc_do_hoc, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
+            clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed),
+            micro_step=micro_step, weight_of=lambda e: 1,
+            stat_keys=("chosen_rewards", "rejected_rewards", "reward_margin", "reward_accuracy"),
+            callback=callback)
+        self._run = run
+        self._history = run["history"]
+        h = run["history"]
+        self._result = {
+            "tong_thoi_gian": run["time"],
+            "so_epoch": run["epochs_done"],
+            "global_step": run["global_step"],
+            "train_loss_min": min_or_none(h["train_loss"]),
+            "final_reward_margin": h["reward_margin"][-1] if h["reward_margin"] else None,
+            "history": {
+                "train_loss": list(h["train_loss"]),
+                "chosen_rewards": list(h["chosen_rewards"]),
+                "rejected_rewards": list(h["rejected_rewards"]),
+                "reward_margin": list(h["reward_margin"]),
+                "reward_accuracy": list(h["reward_accuracy"]),
+            },
+        }
+        return self._result

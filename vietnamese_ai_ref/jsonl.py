@@ -1,0 +1,71 @@
+"""JSONL files in and out: one record per line, errors that name the file and the line.
+
+What it is for: reading the record files the CLI takes (the format TRL users already have) and
+writing `metrics.jsonl`; every write goes to a temporary file that is renamed into place.
+What it is not: a record validator (records.py checks keys and types).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+
+class JsonlError(ValueError):
+    """A JSONL file cannot be read: the message names the file and the line number."""
+
+
+def read_jsonl(path) -> list:
+    """Records of a JSONL file (blank lines skipped). Each line must be a JSON object."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise JsonlError(f"không tìm thấy tệp / file not found: {path}")
+    out = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise JsonlError(f"{path}:{n}: không phải UTF-8 hợp lệ / invalid UTF-8 ({e.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JsonlError(f"{path}:{n}: JSON không hợp lệ / invalid JSON: {e.msg} (cột/column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise JsonlError(
+                    f"{path}:{n}: mỗi dòng phải là một đối tượng JSON, nhận được {type(rec).__name__} "
+                    f"/ each line must be a JSON object, got {type(rec).__name__}"
+                )
+            out.append(rec)
+    if not out:
+        raise JsonlError(f"{path}: tệp rỗng / empty file")
+    return out
+
+
+def atomic_write_text(path, text: str):
+    """Write `text` to `path` through a temporary sibling file, fsync, rename."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path, records):
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

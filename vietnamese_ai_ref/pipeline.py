@@ -1,0 +1,147 @@
+"""RLHFPipeline: SFT → reward model → DPO, with the reward model's signal measured on the policy.
+
+What it is for: the seeds' pipeline API (`sft`, `train_reward_model`, `rlhf`, `chay_day_du`,
+`lay_ket_qua`, `thong_ke`) over the three trainers, with config dicts checked for unknown keys
+before anything runs. `chay_day_du` scores the policy's own greedy answers to the preference prompts
+with the trained reward model before and after DPO and reports both and their difference.
+What it is not: a new trainer; every stage is SFTTrainer, RewardModel or DPOTrainer as configured.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from .dpo import DPOTrainer
+from .records import DataError, prepare_pairs, prepare_sft
+from .reward import RewardModel
+from .sft import SFTTrainer
+
+
+def _check_config(name, cfg, cls, extra=()):
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"'{name}' phải là dict hoặc None, nhận được {type(cfg).__name__} "
+                         f"/ '{name}' must be a dict or None")
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"} | set(extra)
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(
+            f"'{name}' có khóa không hợp lệ {unknown}; các khóa hợp lệ: {sorted(allowed)} "
+            f"/ '{name}' has unknown keys {unknown}; valid keys: {sorted(allowed)}"
+        )
+    return dict(cfg)
+
+
+class RLHFPipeline:
+    """Complete RLHF Pipeline."""
+
+    #: greedy answer length used to measure the reward model's signal on the policy
+    so_token_sinh = 48
+
+    def __init__(self, sft_config=None, dpo_config=None, reward_config=None):
+        self.sft_config = _check_config("sft_config", sft_config, SFTTrainer)
+        self.dpo_config = _check_config("dpo_config", dpo_config, DPOTrainer)
+        self.reward_config = _check_config("reward_config", reward_config, RewardModel, extra=("so_vong",))
+        rc = dict(self.reward_config)
+        self._reward_epochs = rc.pop("so_vong", 1)
+        # the trainers validate their values now, before any compute
+        self.sft_trainer = SFTTrainer(**self.sft_config)
+        self.dpo_trainer = DPOTrainer(**self.dpo_config)
+        self.reward_model = RewardModel(**rc)
+        self._results: dict = {}
+        self._done = {"sft": False, "reward": False, "rlhf": False}
+
+    # -- the three stages -------------------------------------------------------------------------
+    def sft(self, model, du_lieu, du_lieu_val=None) -> dict:
+        """Bước 1: SFT."""
+        r = self.sft_trainer.huan_luyen(model, du_lieu, du_lieu_val=du_lieu_val)
+        self._results["sft"] = r
+        self._done["sft"] = True
+        return r
+
+    def train_reward_model(self, reward_model, preference_data, so_vong=None) -> dict:
+        """Bước 2: reward model (so_vong defaults to reward_config's, else 1)."""
+        r = self.reward_model.huan_luyen(reward_model, preference_data,
+                                         so_vong=self._reward_epochs if so_vong is None else so_vong)
+        self._results["reward"] = r
+        self._done["reward"] = True
+        self._reward_net = reward_model
+        return r
+
+    def rlhf(self, model, ref_model, preference_data) -> dict:
+        """Bước 3: DPO (`ref_model=None`: a frozen copy of `model` as it is now)."""
+        r = self.dpo_trainer.huan_luyen(model, ref_model, preference_data)
+        self._results["rlhf"] = r
+        self._done["rlhf"] = True
+        return r
+
+    # -- the full run ----------------------------------------------------------------------------
+    def chay_day_du(self, model, ref_model, reward_model, sft_data, preference_data) -> dict:
+        """SFT → reward model → DPO. `ref_model=None` means a frozen copy of the policy *after* SFT
+        (the usual choice: DPO's reference is the SFT model). Returns the three stage results plus
+        policy_reward_before / policy_reward_after / policy_reward_delta: the trained reward model's
+        mean score of the policy's greedy answers to the preference prompts, before and after DPO."""
+        if reward_model is model or (ref_model is not None and reward_model is ref_model):
+            raise ValueError("'reward_model' phải là một mô hình riêng / 'reward_model' must be a separate model")
+        prompts = _prompts_of(preference_data)
+        # every record of every stage is checked before the first stage computes anything
+        tok = model.tokenizer
+        n = model.config.n_positions
+        prepare_sft(sft_data, tok, n, model.config.vocab_size, name="sft_data")
+        prepare_pairs(preference_data, tok, n, require_prompt=False, allow_margin=True)
+        prepare_pairs([r for r in preference_data if "prompt" in r], tok, n, require_prompt=True,
+                      allow_margin=True)
+        self.sft(model, sft_data)
+        self.train_reward_model(reward_model, preference_data)
+        before = self._policy_reward(model, reward_model, prompts)
+        dpo_pairs = [{k: v for k, v in r.items() if k != "margin"} for r in preference_data if "prompt" in r]
+        self.rlhf(model, ref_model, dpo_pairs)
+        after = self._policy_reward(model, reward_model, prompts)
+        result = {
+            "sft": self._results["sft"],
+            "reward": self._results["reward"],
+            "rlhf": self._results["rlhf"],
+            "policy_reward_before": before,
+            "policy_reward_after": after,
+            "policy_reward_delta": after - before,
+        }
+        self._results.update({k: v for k, v in result.items() if k.startswith("policy_")})
+        return result
+
+    def _policy_reward(self, model, reward_model, prompts) -> float:
+        from .records import format_prompt
+
+        answers = model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=self.so_token_sinh)
+        scores = self.reward_model.cham_diem_cap(reward_model, prompts, answers)
+        return sum(scores) / len(scores)
+
+    def lay_ket_qua(self) -> dict:
+        """Kết quả từng bước / the result dict of each stage run so far (keys sft, reward, rlhf, …)."""
+        return dict(self._results)
+
+    def thong_ke(self) -> dict:
+        return {
+            "sft_done": self._done["sft"],
+            "reward_done": self._done["reward"],
+            "rlhf_done": self._done["rlhf"],
+            "sft_trainer": self.sft_trainer.thong_ke(),
+            "dpo_trainer": self.dpo_trainer.thong_ke(),
+            "reward_model": self.reward_model.thong_ke(),
+        }
+
+
+def _prompts_of(preference_data):
+    if not isinstance(preference_data, (list, tuple)):
+        raise DataError("'preference_data' phải là list / 'preference_data' must be a list")
+    prompts = []
+    for r in preference_data:
+        p = r.get("prompt") if isinstance(r, dict) else None
+        if isinstance(p, str) and p.strip() and p not in prompts:
+            prompts.append(p)
+    if not prompts:
+        raise DataError(
+            "chay_day_du cần các cặp có khóa 'prompt' cho bước DPO / chay_day_du needs pairs with a 'prompt' key "
+            "for the DPO stage"
+        )
+    return prompts

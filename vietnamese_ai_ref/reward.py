@@ -1,0 +1,159 @@
+"""RewardModel: a Bradley–Terry reward model on a transformer with a scalar head, and its scoring.
+
+What it is for: `huan_luyen` attaches a `score` head to the given TransformerLM (saved and loaded
+with it), trains the whole model on preference pairs (spec/losses.md "Reward model") over the
+shared loop; `diem_danh_gia` scores texts, raw and z-score normalised.
+What it is not: a separate network. The reward model *is* the transformer plus `score.weight`.
+"""
+
+from __future__ import annotations
+
+from . import losses
+from .autograd import no_grad
+from .backends import get_backend
+from .records import DataError, encode_for_scoring, pad_batch, prepare_pairs
+from .sft import effective_max_len, resolve_tokenizer
+from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
+                       min_or_none, run_loop)
+
+
+def score_ids(model, id_lists, batch_size, pad_id):
+    """Scores (host list of floats) of token-id lists, read at each row's last non-padding token."""
+    xp = get_backend().xp
+    out = []
+    with no_grad():
+        for i in range(0, len(id_lists), batch_size):
+            ids, mask = pad_batch(id_lists[i:i + batch_size], pad_id)
+            s = model.score(xp.asarray(ids, dtype=xp.int64), xp.asarray(mask, dtype=xp.int64))
+            out.extend(float(v) for v in s.numpy().reshape(-1).tolist())
+    return out
+
+
+def _pair_scores(model, examples, pad_id):
+    xp = get_backend().xp
+    seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    ids, mask = pad_batch(seqs, pad_id)
+    s = model.score(xp.asarray(ids, dtype=xp.int64), xp.asarray(mask, dtype=xp.int64))  # (2B,)
+    B = len(examples)
+    return s[:B], s[B:]
+
+
+class RewardModel(TrainerBase):
+    """Mô hình phần thưởng cho RLHF / the reward model of RLHF."""
+
+    def __init__(self, toc_do_hoc=1e-5, seed=42, *, kich_thuoc_batch=4, gradient_accumulation=1,
+                 gradient_clip=1.0, warmup_ratio=0.0, weight_decay=0.0, max_seq_length=512, logging_steps=10):
+        self.toc_do_hoc = check_float("toc_do_hoc", toc_do_hoc, low=0.0, low_open=True)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.kich_thuoc_batch = check_int("kich_thuoc_batch", kich_thuoc_batch)
+        self.gradient_accumulation = check_int("gradient_accumulation", gradient_accumulation)
+        self.gradient_clip = check_float("gradient_clip", gradient_clip, low=0.0)
+        self.warmup_ratio = check_float("warmup_ratio", warmup_ratio, low=0.0, high=1.0)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+        self.max_seq_length = check_int("max_seq_length", max_seq_length, minimum=2)
+        self.logging_steps = check_int("logging_steps", logging_steps)
+        self._init_common({
+            "toc_do_hoc": toc_do_hoc, "seed": seed, "kich_thuoc_batch": kich_thuoc_batch,
+            "gradient_accumulation": gradient_accumulation, "gradient_clip": gradient_clip,
+            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_seq_length": max_seq_length,
+            "logging_steps": logging_steps,
+        })
+        self.tokenizer = None
+
+    def huan_luyen(self, model, preference_data, so_vong=1, callback=None) -> dict:
+        """Huấn luyện reward model / train it. Records: chosen, rejected, optional prompt and margin.
+
+        Returns tong_thoi_gian, so_epoch, global_step, train_loss_min, final_accuracy (accuracy of the
+        trained model over `preference_data`, strict >, in eval mode) and history
+        (train_loss, accuracy, reward_margin, learning_rate, grad_norm)."""
+        check_model(model)
+        so_vong = check_int("so_vong", so_vong)
+        check_callback(callback)
+        tok = resolve_tokenizer(None, model)
+        max_len = effective_max_len(self.max_seq_length, model)
+        pairs = prepare_pairs(preference_data, tok, max_len, require_prompt=False, allow_margin=True)
+        pad = tok.pad_token_id
+        if not model.has_score_head:
+            model.add_score_head(seed=self.seed)
+
+        def micro_step(batch, denominator):
+            be = get_backend()
+            rc, rr = _pair_scores(model, batch, pad)
+            margin = be.asarray([e["margin"] for e in batch])
+            per_pair = losses.reward_loss(rc, rr, margin=margin)
+            c, r = rc.numpy(), rr.numpy()
+            n = len(batch)
+            stats = {"accuracy": (float((c > r).sum()), n), "reward_margin": (float((c - r).sum()), n)}
+            return per_pair.sum() / denominator, stats
+
+        run = run_loop(model=model, examples=pairs, settings=LoopSettings(
+            epochs=so_vong, batch_size=self.kich_thuoc_batch, accumulation=self.gradient_accumulation,
+            lr=self.toc_do_hoc, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
+            clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed),
+            micro_step=micro_step, weight_of=lambda e: 1, stat_keys=("accuracy", "reward_margin"),
+            callback=callback)
+        self._run = run
+        self._history = run["history"]
+        h = run["history"]
+
+        was_training = model.training
+        model.eval()
+        chosen = score_ids(model, [e["chosen_ids"] for e in pairs], self.kich_thuoc_batch, pad)
+        rejected = score_ids(model, [e["rejected_ids"] for e in pairs], self.kich_thuoc_batch, pad)
+        if was_training:
+            model.train()
+        final_accuracy = losses.reward_accuracy(chosen, rejected)
+        self._result = {
+            "tong_thoi_gian": run["time"],
+            "so_epoch": run["epochs_done"],
+            "global_step": run["global_step"],
+            "train_loss_min": min_or_none(h["train_loss"]),
+            "final_accuracy": final_accuracy,
+            "history": {k: list(h[k]) for k in ("train_loss", "accuracy", "reward_margin", "learning_rate",
+                                                 "grad_norm")},
+        }
+        return self._result
+
+    def diem_danh_gia(self, model, cac_van_ban) -> list:
+        """Chấm điểm văn bản / score texts. Returns, in input order, dicts with van_ban, score
+        (raw) and score_normalized (z-score over this call, population std; 0 when n < 2 or all equal)."""
+        check_model(model)
+        if not getattr(model, "has_score_head", False):
+            raise ValueError(
+                "Mô hình chưa có đầu reward (score head): hãy gọi RewardModel.huan_luyen trước "
+                "/ the model has no score head: train it with RewardModel.huan_luyen first"
+            )
+        if isinstance(cac_van_ban, str) or not isinstance(cac_van_ban, (list, tuple)) or not cac_van_ban:
+            raise DataError(
+                f"'cac_van_ban' phải là list chuỗi không rỗng, nhận được {type(cac_van_ban).__name__} "
+                f"/ 'cac_van_ban' must be a non-empty list of strings"
+            )
+        for i, t in enumerate(cac_van_ban):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(
+                    f"cac_van_ban[{i}]: cần một chuỗi không rỗng, nhận được {t!r} "
+                    f"/ cac_van_ban[{i}]: expected a non-empty string, got {t!r}"
+                )
+        tok = resolve_tokenizer(None, model)
+        max_len = effective_max_len(self.max_seq_length, model)
+        ids = [encode_for_scoring(t, tok, max_len) for t in cac_van_ban]
+        was_training = model.training
+        model.eval()
+        scores = score_ids(model, ids, self.kich_thuoc_batch, tok.pad_token_id)
+        if was_training:
+            model.train()
+        normalized = losses.normalize_scores(scores)
+        return [{"van_ban": t, "score": s, "score_normalized": float(z)}
+                for t, s, z in zip(cac_van_ban, scores, normalized)]
+
+    def cham_diem_cap(self, model, prompts, responses) -> list:
+        """Scores of responses to (templated) prompts, as the pairs were scored in training."""
+        tok = resolve_tokenizer(None, model)
+        max_len = effective_max_len(self.max_seq_length, model)
+        ids = [encode_for_scoring(r, tok, max_len, prompt=p) for p, r in zip(prompts, responses)]
+        was_training = model.training
+        model.eval()
+        out = score_ids(model, ids, self.kich_thuoc_batch, tok.pad_token_id)
+        if was_training:
+            model.train()
+        return out

@@ -1,0 +1,122 @@
+"""SFTTrainer: supervised fine-tuning with the seeds' constructor, over the shared training loop.
+
+What it is for: causal-LM cross-entropy on completion tokens (spec/losses.md "SFT loss"), the
+token count of the whole effective batch as denominator, validation loss after each epoch.
+What it is not: a data pipeline (records.py) or a loop of its own (training.py).
+"""
+
+from __future__ import annotations
+
+from . import losses
+from .autograd import no_grad
+from .backends import get_backend
+from .records import IGNORE_INDEX, pad_batch, prepare_sft
+from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
+                       min_or_none, run_loop)
+
+
+def resolve_tokenizer(tokenizer, model):
+    """The tokenizer argument, else the model's, else the built-in byte tokenizer."""
+    if tokenizer is not None:
+        return tokenizer
+    if getattr(model, "tokenizer", None) is not None:
+        return model.tokenizer
+    from .tokenizer import ByteTokenizer
+
+    return ByteTokenizer()
+
+
+def effective_max_len(max_seq_length, model):
+    """Records are truncated to min(max_seq_length, the model's n_positions)."""
+    return min(max_seq_length, model.config.n_positions)
+
+
+def n_targets(example) -> int:
+    """Target tokens of one example after the one-token shift."""
+    return sum(1 for lab in example["labels"][1:] if lab != IGNORE_INDEX)
+
+
+def lm_batch(examples, pad_id):
+    be = get_backend()
+    ids, mask, labels = pad_batch([e["input_ids"] for e in examples], pad_id, [e["labels"] for e in examples])
+    xp = be.xp
+    return xp.asarray(ids, dtype=xp.int64), xp.asarray(mask, dtype=xp.int64), xp.asarray(labels, dtype=xp.int64)
+
+
+class SFTTrainer(TrainerBase):
+    """Supervised Fine-Tuning Trainer."""
+
+    def __init__(self, so_vong=3, kich_thuoc_batch=4, toc_do_hoc=2e-5, gradient_accumulation=4,
+                 gradient_clip=1.0, warmup_ratio=0.1, weight_decay=0.01, max_seq_length=512,
+                 logging_steps=10, seed=42):
+        self.so_vong = check_int("so_vong", so_vong)
+        self.kich_thuoc_batch = check_int("kich_thuoc_batch", kich_thuoc_batch)
+        self.toc_do_hoc = check_float("toc_do_hoc", toc_do_hoc, low=0.0, low_open=True)
+        self.gradient_accumulation = check_int("gradient_accumulation", gradient_accumulation)
+        self.gradient_clip = check_float("gradient_clip", gradient_clip, low=0.0)
+        self.warmup_ratio = check_float("warmup_ratio", warmup_ratio, low=0.0, high=1.0)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
+        self.max_seq_length = check_int("max_seq_length", max_seq_length, minimum=2)
+        self.logging_steps = check_int("logging_steps", logging_steps)
+        self.seed = check_int("seed", seed, minimum=0)
+        self._init_common({
+            "so_vong": so_vong, "kich_thuoc_batch": kich_thuoc_batch, "toc_do_hoc": toc_do_hoc,
+            "gradient_accumulation": gradient_accumulation, "gradient_clip": gradient_clip,
+            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_seq_length": max_seq_length,
+            "logging_steps": logging_steps, "seed": seed,
+        })
+
+    def _settings(self):
+        return LoopSettings(epochs=self.so_vong, batch_size=self.kich_thuoc_batch,
+                            accumulation=self.gradient_accumulation, lr=self.toc_do_hoc,
+                            weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
+                            clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed)
+
+    def huan_luyen(self, model, du_lieu_train, du_lieu_val=None, tokenizer=None, callback=None) -> dict:
+        """Huấn luyện SFT / run SFT. Returns tong_thoi_gian, so_epoch, global_step, train_loss_min,
+        eval_loss_min (None without du_lieu_val) and history (train_loss, eval_loss, learning_rate, grad_norm)."""
+        check_model(model)
+        check_callback(callback)
+        tok = resolve_tokenizer(tokenizer, model)
+        max_len = effective_max_len(self.max_seq_length, model)
+        vocab = model.config.vocab_size
+        train = prepare_sft(du_lieu_train, tok, max_len, vocab, name="du_lieu_train")
+        val = prepare_sft(du_lieu_val, tok, max_len, vocab, name="du_lieu_val") if du_lieu_val is not None else None
+        pad = tok.pad_token_id
+
+        def micro_step(batch, denominator):
+            ids, mask, labels = lm_batch(batch, pad)
+            logits = model(ids, attention_mask=mask)  # (B, T, V)
+            return losses.sft_loss(logits, labels, num_items_in_batch=denominator), {}
+
+        evaluate = None
+        if val is not None:
+            def evaluate():
+                total = sum(n_targets(e) for e in val)
+                acc = 0.0
+                with no_grad():
+                    for i in range(0, len(val), self.kich_thuoc_batch):
+                        ids, mask, labels = lm_batch(val[i:i + self.kich_thuoc_batch], pad)
+                        acc += losses.sft_loss(model(ids, attention_mask=mask), labels,
+                                               num_items_in_batch=total).item()
+                return {"eval_loss": acc}
+
+        run = run_loop(model=model, examples=train, settings=self._settings(), micro_step=micro_step,
+                       weight_of=n_targets, callback=callback, evaluate=evaluate)
+        self._run = run
+        self._history = run["history"]
+        h = run["history"]
+        self._result = {
+            "tong_thoi_gian": run["time"],
+            "so_epoch": run["epochs_done"],
+            "global_step": run["global_step"],
+            "train_loss_min": min_or_none(h["train_loss"]),
+            "eval_loss_min": min_or_none(h["eval_loss"]) if val is not None else None,
+            "history": {
+                "train_loss": list(h["train_loss"]),
+                "eval_loss": list(h.get("eval_loss", [])),
+                "learning_rate": list(h["learning_rate"]),
+                "grad_norm": list(h["grad_norm"]),
+            },
+        }
+        return self._result
