@@ -17,3 +17,5 @@ from .sft import SFTTrainer  # noqa: E402,F401
 from .dpo import DPOTrainer  # noqa: E402,F401
 from .reward import RewardModel  # noqa: E402,F401
 from .pipeline import RLHFPipeline  # noqa: E402,F401
+from .model import CheckpointError, GPTConfig, TransformerLM  # noqa: E402,F401
+from .tokenizer import ByteTokenizer  # noqa: E402,F401
