@@ -1,0 +1,246 @@
+"""`vietnamese-ai-ref demo`: SFT → reward model → DPO on the bundled Vietnamese data, with proof.
+
+What it is for: the README's main command. It trains a tiny transformer from scratch on 2 CPU cores
+in a few minutes and reports, on the *held-out* preference split: the reward model's accuracy, DPO's
+implicit-reward accuracy and margin, the reward model's mean score of the policy's own answers before
+and after DPO, and three prompts answered before and after alignment. It writes a run directory
+(config, metrics.jsonl, summary.json, checkpoints, curves.png).
+What it is not: a benchmark, or a recipe for real models (see docs/huan-luyen.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+
+from . import losses
+from .autograd import no_grad
+from .dpo import DPOTrainer, pair_logps
+from .jsonl import read_jsonl, write_json, write_jsonl
+from .model import GPTConfig, TransformerLM
+from .records import format_prompt, prepare_pairs
+from .reward import RewardModel
+from .sft import SFTTrainer
+
+#: The demo's settings. `quick` is the shortened run the tests use (direction of each figure only).
+SETTINGS = {
+    "full": {
+        "model": dict(n_layer=2, n_embd=96, n_head=4, n_positions=128),
+        "sft": dict(so_vong=12, kich_thuoc_batch=16, toc_do_hoc=3e-3, gradient_accumulation=1, warmup_ratio=0.05,
+                    weight_decay=0.01, logging_steps=5),
+        "reward": dict(toc_do_hoc=1e-3, kich_thuoc_batch=16, logging_steps=5, warmup_ratio=0.05),
+        "reward_epochs": 4,
+        "dpo": dict(so_vong=3, kich_thuoc_batch=16, toc_do_hoc=1e-3, beta=0.1, gradient_accumulation=1,
+                    logging_steps=5),
+        "max_new_tokens": 40,
+    },
+    "quick": {
+        "model": dict(n_layer=1, n_embd=48, n_head=2, n_positions=128),
+        "sft": dict(so_vong=2, kich_thuoc_batch=16, toc_do_hoc=3e-3, gradient_accumulation=1, warmup_ratio=0.05,
+                    logging_steps=5),
+        "reward": dict(toc_do_hoc=1e-3, kich_thuoc_batch=16, logging_steps=5),
+        "reward_epochs": 1,
+        "dpo": dict(so_vong=1, kich_thuoc_batch=16, toc_do_hoc=1e-3, beta=0.1, gradient_accumulation=1,
+                    logging_steps=5),
+        "max_new_tokens": 24,
+    },
+}
+
+DATA_FILES = ("sft_train", "sft_val", "pref_train", "pref_heldout")
+
+
+def load_demo_data() -> dict:
+    """The bundled JSONL splits, by name."""
+    root = resources.files("vietnamese_ai_ref.data")
+    out = {}
+    for name in DATA_FILES:
+        with resources.as_file(root / f"{name}.jsonl") as p:
+            out[name] = read_jsonl(p)
+    return out
+
+
+def heldout_dpo_metrics(policy, ref, pairs_records, beta, batch_size=16) -> dict:
+    """Implicit-reward accuracy (strict) and mean margin of `policy` against `ref` on held-out pairs."""
+    tok = policy.tokenizer
+    pairs = prepare_pairs(pairs_records, tok, policy.config.n_positions, require_prompt=True, allow_margin=False)
+    chosen, rejected = [], []
+    with no_grad():
+        policy.eval()
+        ref.eval()
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            pc, pr = pair_logps(policy, chunk, tok.pad_token_id)
+            rc, rr = pair_logps(ref, chunk, tok.pad_token_id)
+            _, cr, rj = losses.dpo_loss(pc, pr, rc, rr, beta=beta)
+            chosen += cr.numpy().tolist()
+            rejected += rj.numpy().tolist()
+    m = losses.dpo_metrics(chosen, rejected)
+    return {"accuracy": m["reward_accuracy"], "margin": m["reward_margin"]}
+
+
+def reward_accuracy_on(rm: RewardModel, rm_net, records) -> float:
+    prompts = [r.get("prompt") for r in records]
+    c = rm.cham_diem_cap(rm_net, prompts, [r["chosen"] for r in records])
+    r = rm.cham_diem_cap(rm_net, prompts, [r["rejected"] for r in records])
+    return float(losses.reward_accuracy(c, r))
+
+
+def policy_answers(model, prompts, max_new_tokens):
+    return model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=max_new_tokens)
+
+
+def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
+    from .cli import Progress, make_run_dir, total_steps
+
+    t0 = time.perf_counter()
+    S = SETTINGS["quick" if quick else "full"]
+    data = load_demo_data()
+    run_dir = make_run_dir(out, "demo")
+    say = (lambda *a: None) if quiet else print
+    heldout = data["pref_heldout"]
+    held_prompts = list(dict.fromkeys(r["prompt"] for r in heldout))
+    show = held_prompts[:3]
+    entries = []
+
+    def bar(stage, n, batch, accum, epochs):
+        return Progress(total_steps(n, batch, accum, epochs), stage, quiet, stage)
+
+    model = TransformerLM(GPTConfig(seed=seed, **S["model"]))
+    say(f"Mô hình / model: {model.num_parameters():,} tham số / parameters, {S['model']}")
+
+    # 1. SFT
+    sft = SFTTrainer(seed=seed, **S["sft"])
+    b = bar("1/3 SFT", len(data["sft_train"]), sft.kich_thuoc_batch, sft.gradient_accumulation, sft.so_vong)
+    try:
+        r_sft = sft.huan_luyen(model, data["sft_train"], du_lieu_val=data["sft_val"], callback=b)
+    finally:
+        b.close()
+    entries += b.entries
+
+    # 2. Reward model, initialised from the SFT model (as in InstructGPT)
+    rm_net = model.copy()
+    rm = RewardModel(seed=seed, **S["reward"])
+    b = bar("2/3 Reward", len(data["pref_train"]), rm.kich_thuoc_batch, rm.gradient_accumulation, S["reward_epochs"])
+    try:
+        r_rm = rm.huan_luyen(rm_net, data["pref_train"], so_vong=S["reward_epochs"], callback=b)
+    finally:
+        b.close()
+    entries += b.entries
+    rm_heldout_acc = reward_accuracy_on(rm, rm_net, heldout)
+
+    # the policy's answers and their reward before DPO
+    answers_before = policy_answers(model, held_prompts, S["max_new_tokens"])
+    score_before = rm.cham_diem_cap(rm_net, held_prompts, answers_before)
+
+    # 3. DPO against a frozen copy of the SFT model
+    ref = model.copy()
+    dpo = DPOTrainer(seed=seed, **S["dpo"])
+    b = bar("3/3 DPO", len(data["pref_train"]), dpo.kich_thuoc_batch, dpo.gradient_accumulation, dpo.so_vong)
+    try:
+        r_dpo = dpo.huan_luyen(model, ref, data["pref_train"], callback=b)
+    finally:
+        b.close()
+    entries += b.entries
+    dpo_held = heldout_dpo_metrics(model, ref, heldout, dpo.beta)
+    answers_after = policy_answers(model, held_prompts, S["max_new_tokens"])
+    score_after = rm.cham_diem_cap(rm_net, held_prompts, answers_after)
+
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    summary = {
+        "sft_train_loss_min": r_sft["train_loss_min"],
+        "sft_eval_loss_min": r_sft["eval_loss_min"],
+        "rm_train_accuracy": r_rm["final_accuracy"],
+        "rm_heldout_accuracy": rm_heldout_acc,
+        "dpo_heldout_accuracy": dpo_held["accuracy"],
+        "dpo_heldout_margin": dpo_held["margin"],
+        "policy_reward_before": mean(score_before),
+        "policy_reward_after": mean(score_after),
+        "policy_reward_delta": mean(score_after) - mean(score_before),
+        "examples": [
+            {"prompt": p, "before": answers_before[held_prompts.index(p)], "after": answers_after[held_prompts.index(p)]}
+            for p in show
+        ],
+        "n_heldout_pairs": len(heldout),
+        "seconds": time.perf_counter() - t0,
+        "quick": quick,
+    }
+    write_json(os.path.join(run_dir, "config.json"), {"seed": seed, **{k: v for k, v in S.items()}})
+    write_jsonl(os.path.join(run_dir, "metrics.jsonl"), entries)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    model.save(os.path.join(run_dir, "policy"))
+    rm_net.save(os.path.join(run_dir, "reward_model"))
+    plot = write_curves(os.path.join(run_dir, "curves.png"), r_sft, r_rm, r_dpo)
+    if not quiet:
+        print_summary(summary, run_dir, plot)
+    return summary
+
+
+def print_summary(s, run_dir, plot):
+    rows = [
+        ("Reward model: độ chính xác (held-out) / accuracy", f"{s['rm_heldout_accuracy']:.3f}", "≥ 0.85"),
+        ("DPO: độ chính xác reward ngầm (held-out) / implicit-reward accuracy", f"{s['dpo_heldout_accuracy']:.3f}",
+         "≥ 0.80"),
+        ("DPO: biên reward (held-out) / reward margin", f"{s['dpo_heldout_margin']:+.3f}", "> 0"),
+        ("RM chấm câu trả lời của policy, trước DPO / RM score of policy answers, before",
+         f"{s['policy_reward_before']:+.3f}", ""),
+        ("… sau DPO / after", f"{s['policy_reward_after']:+.3f}", "> before"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print()
+    print("=" * (w + 24))
+    print(f"{'Kết quả trên tập giữ lại / held-out results':<{w}}  {'giá trị':>9}  {'mục tiêu':>9}")
+    print("-" * (w + 24))
+    for name, val, target in rows:
+        print(f"{name:<{w}}  {val:>9}  {target:>9}")
+    print("=" * (w + 24))
+    for e in s["examples"]:
+        print(f"\nCâu hỏi / prompt: {e['prompt']}")
+        print(f"  trước / before: {e['before']!r}")
+        print(f"  sau / after:    {e['after']!r}")
+    print(f"\nThời gian / time: {s['seconds']:.0f} s")
+    print(f"Thư mục kết quả / run directory: {run_dir}")
+    print("  summary.json, metrics.jsonl, config.json, policy/, reward_model/"
+          + (", curves.png" if plot else " (cài matplotlib để có curves.png / install matplotlib for curves.png)"))
+
+
+def write_curves(path, r_sft, r_rm, r_dpo):
+    """Loss, margin and accuracy curves; skipped (returns False) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(2, 2, figsize=(11, 7))
+    h = r_sft["history"]
+    ax[0, 0].plot(h["train_loss"], label="train")
+    if h["eval_loss"]:
+        n = len(h["train_loss"])
+        xs = [round((i + 1) * n / len(h["eval_loss"])) - 1 for i in range(len(h["eval_loss"]))]
+        ax[0, 0].plot(xs, h["eval_loss"], "o-", label="eval (mỗi epoch)")
+    ax[0, 0].set_title("SFT loss")
+    ax[0, 0].legend()
+    ax[0, 1].plot(r_rm["history"]["train_loss"], label="loss")
+    ax[0, 1].plot(r_rm["history"]["accuracy"], label="accuracy")
+    ax[0, 1].set_title("Reward model")
+    ax[0, 1].legend()
+    hd = r_dpo["history"]
+    ax[1, 0].plot(hd["train_loss"], label="loss")
+    ax[1, 0].plot(hd["reward_accuracy"], label="reward accuracy")
+    ax[1, 0].set_title("DPO")
+    ax[1, 0].legend()
+    ax[1, 1].plot(hd["chosen_rewards"], label="chosen")
+    ax[1, 1].plot(hd["rejected_rewards"], label="rejected")
+    ax[1, 1].plot(hd["reward_margin"], label="margin")
+    ax[1, 1].set_title("DPO rewards")
+    ax[1, 1].legend()
+    for a in ax.flat:
+        a.set_xlabel("log entry")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
