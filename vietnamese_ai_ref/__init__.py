@@ -19,3 +19,5 @@ from .reward import RewardModel  # noqa: E402,F401
 from .pipeline import RLHFPipeline  # noqa: E402,F401
 from .model import CheckpointError, GPTConfig, TransformerLM  # noqa: E402,F401
 from .tokenizer import ByteTokenizer  # noqa: E402,F401
+from .llama import LlamaConfig, LlamaLM  # noqa: E402,F401
+from .hf import from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh  # noqa: E402,F401

@@ -112,7 +112,8 @@ def generate(model, input_ids_list, max_new_tokens: int = 32, temperature: float
             cache = None
             if use_cache:  # prefill: all prompt tokens at once, then one position per new token
                 capacity = min(cfg.n_positions, max(len(seqs[r]) for r in active) + max_new_tokens)
-                cache = KVCache(cfg, len(active), capacity)
+                cache = (model.new_kv_cache(len(active), capacity) if hasattr(model, "new_kv_cache")
+                         else KVCache(cfg, len(active), capacity))
                 ids, lens = _pad_right(xp, [seqs[r] for r in active], pad)  # (b, P), (b,)
                 h = model._hidden_cached(ids, lens, cache)  # (b, P, d)
                 logits = model._logits_at(h, lens - 1)  # (b, V)

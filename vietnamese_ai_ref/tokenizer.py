@@ -168,6 +168,10 @@ def _read_config(directory) -> dict:
 
 def load_tokenizer(directory):
     """Rebuild the tokenizer saved in `directory` from its tokenizer_config.json."""
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):  # a Hugging Face tokenizer folder
+        from .hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.load(directory)
     cfg = _read_config(directory)
     name = cfg.get("tokenizer_class")
     if name not in _REGISTRY:
