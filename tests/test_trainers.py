@@ -127,8 +127,9 @@ def test_callback_false_stops_cleanly():
 def test_thong_ke_keys_exact():
     tr = SFTTrainer()
     keys = {"cau_hinh", "da_huan_luyen", "so_epoch", "global_step", "tong_so_buoc", "so_buoc_warmup",
-            "tong_thoi_gian", "dung_som", "chi_so_cuoi"}
+            "tong_thoi_gian", "dung_som", "so_buoc_bo_qua", "chi_so_cuoi"}
     assert set(tr.thong_ke()) == keys
+    assert tr.thong_ke()["so_buoc_bo_qua"] == 0
     assert tr.thong_ke()["da_huan_luyen"] is False and tr.lay_lich_su() == {}
     assert tr.thong_ke()["cau_hinh"] == dict(so_vong=3, kich_thuoc_batch=4, toc_do_hoc=2e-5, gradient_accumulation=4,
                                              gradient_clip=1.0, warmup_ratio=0.1, weight_decay=0.01,

@@ -90,7 +90,9 @@ def _load_model(path, *, new_ok=False, config_overrides=None):
         return TransformerLM(GPTConfig(**(config_overrides or {})))
     if not os.path.isdir(path):
         raise CliError(f"--model: không tìm thấy thư mục / directory not found: {path}")
-    return TransformerLM.load(path)
+    from .hf import from_pretrained
+
+    return from_pretrained(path)  # GPT-2 or Llama-family folders, ours or transformers
 
 
 def _finish(run_dir, config, entries, result, model, quiet):
@@ -394,8 +396,13 @@ def main(argv=None) -> int:
     except user_errors as e:
         print(f"lỗi / error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("đã dừng / interrupted", file=sys.stderr)
+        path = getattr(e, "checkpoint_path", None)  # set by the training loop when it saved one
+        if path:
+            print(f"checkpoint: {path}\nchạy tiếp / to resume (Python): "
+                  f"<trainer>.huan_luyen(..., tiep_tuc_tu={path!r}) — xem spec/api.md \"Checkpoints and resume\"",
+                  file=sys.stderr)
         return 130
     return int(rc or 0)
 

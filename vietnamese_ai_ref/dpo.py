@@ -59,11 +59,17 @@ class DPOTrainer(TrainerBase):
             "seed": seed, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay,
         })
 
-    def huan_luyen(self, model, ref_model, preference_data, tokenizer=None, callback=None) -> dict:
+    def huan_luyen(self, model, ref_model, preference_data, tokenizer=None, callback=None, *,
+                   thu_muc_checkpoint=None, luu_moi=None, giu_lai=2, tiep_tuc_tu=None,
+                   bo_qua_batch_loi=False) -> dict:
         """Huấn luyện DPO / run DPO. `ref_model=None`: a frozen copy of `model` taken now.
 
         Returns tong_thoi_gian, so_epoch, global_step, train_loss_min, final_reward_margin and history
-        (train_loss, chosen_rewards, rejected_rewards, reward_margin, reward_accuracy)."""
+        (train_loss, chosen_rewards, rejected_rewards, reward_margin, reward_accuracy).
+
+        Keyword-only (spec/api.md "Checkpoints and resume"): thu_muc_checkpoint, luu_moi, giu_lai,
+        tiep_tuc_tu, bo_qua_batch_loi. Checkpoints store the reference log-probabilities, so a resumed
+        run reuses them and never re-evaluates `ref_model` (with ref_model=None the copy it came from is gone)."""
         check_model(model)
         if ref_model is model:
             raise ValueError(
@@ -79,25 +85,34 @@ class DPOTrainer(TrainerBase):
                     f"({model.config.vocab_size}) / vocab sizes differ"
                 )
         check_callback(callback)
+        ck, skip = self._checkpoint_options("dpo", thu_muc_checkpoint=thu_muc_checkpoint, luu_moi=luu_moi,
+                                            giu_lai=giu_lai, tiep_tuc_tu=tiep_tuc_tu,
+                                            bo_qua_batch_loi=bo_qua_batch_loi)
         tok = resolve_tokenizer(tokenizer, model)
         max_len = effective_max_len(self.max_seq_length, model)
         if ref_model is not None:
             max_len = min(max_len, ref_model.config.n_positions)
         pairs = prepare_pairs(preference_data, tok, max_len, require_prompt=True, allow_margin=False)
         pad = tok.pad_token_id
-        ref = ref_model if ref_model is not None else model.copy()
-
-        # Reference log-probs: once per record, frozen, no graph (spec/losses.md "DPO").
-        was_training = getattr(ref, "training", False)
-        ref.eval()
-        with no_grad():
-            for i in range(0, len(pairs), self.kich_thuoc_batch):
-                chunk = pairs[i:i + self.kich_thuoc_batch]
-                rc, rr = pair_logps(ref, chunk, pad)
-                for e, c, r in zip(chunk, rc.numpy().tolist(), rr.numpy().tolist()):
-                    e["ref_chosen"], e["ref_rejected"] = c, r
-        if was_training:
-            ref.train()
+        stored = ck.resume.extra.get("ref_logps") if ck.resume is not None else None
+        if stored is not None:
+            # resumed: the reference log-probs saved with the checkpoint (same data checked first)
+            ck.resume.check_examples(pairs)
+            for e, (c, r) in zip(pairs, stored):
+                e["ref_chosen"], e["ref_rejected"] = c, r
+        else:
+            ref = ref_model if ref_model is not None else model.copy()
+            # Reference log-probs: once per record, frozen, no graph (spec/losses.md "DPO").
+            was_training = getattr(ref, "training", False)
+            ref.eval()
+            with no_grad():
+                for i in range(0, len(pairs), self.kich_thuoc_batch):
+                    chunk = pairs[i:i + self.kich_thuoc_batch]
+                    rc, rr = pair_logps(ref, chunk, pad)
+                    for e, c, r in zip(chunk, rc.numpy().tolist(), rr.numpy().tolist()):
+                        e["ref_chosen"], e["ref_rejected"] = c, r
+            if was_training:
+                ref.train()
         beta, eps = self.beta, self.label_smoothing
 
         def micro_step(batch, denominator):
@@ -122,7 +137,8 @@ class DPOTrainer(TrainerBase):
             clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed),
             micro_step=micro_step, weight_of=lambda e: 1,
             stat_keys=("chosen_rewards", "rejected_rewards", "reward_margin", "reward_accuracy"),
-            callback=callback)
+            callback=callback, checkpoint=ck, skip_nonfinite=skip,
+            extra_state={"ref_logps": [[e["ref_chosen"], e["ref_rejected"]] for e in pairs]})
         self._run = run
         self._history = run["history"]
         h = run["history"]

@@ -34,6 +34,9 @@ def read_jsonl(path) -> list:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise JsonlError(f"{path}:{n}: JSON không hợp lệ / invalid JSON: {e.msg} (cột/column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # an integer beyond Python's digit limit; nesting too deep
+                raise JsonlError(f"{path}:{n}: JSON không đọc được / unreadable JSON: "
+                                 f"{'lồng quá sâu / nested too deeply' if isinstance(e, RecursionError) else e}") from None
             if not isinstance(rec, dict):
                 raise JsonlError(
                     f"{path}:{n}: mỗi dòng phải là một đối tượng JSON, nhận được {type(rec).__name__} "

@@ -3,13 +3,16 @@
 What it is for: the seeds' pipeline API (`sft`, `train_reward_model`, `rlhf`, `chay_day_du`,
 `lay_ket_qua`, `thong_ke`) over the three trainers, with config dicts checked for unknown keys
 before anything runs. `chay_day_du` scores the policy's own greedy answers to the preference prompts
-with the trained reward model before and after DPO and reports both and their difference.
+with the trained reward model before and after DPO and reports both and their difference. With
+`thu_muc_checkpoint` each stage checkpoints into its own subdirectory (sft/, reward/, dpo/), and
+`chay_day_du(..., tiep_tuc=True)` resumes every stage from there.
 What it is not: a new trainer; every stage is SFTTrainer, RewardModel or DPOTrainer as configured.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 
 from .dpo import DPOTrainer
 from .records import DataError, prepare_pairs, prepare_sft
@@ -39,7 +42,21 @@ class RLHFPipeline:
     #: greedy answer length used to measure the reward model's signal on the policy
     so_token_sinh = 48
 
-    def __init__(self, sft_config=None, dpo_config=None, reward_config=None):
+    #: the subdirectory of `thu_muc_checkpoint` each stage checkpoints into
+    thu_muc_giai_doan = {"sft": "sft", "reward": "reward", "rlhf": "dpo"}
+
+    def __init__(self, sft_config=None, dpo_config=None, reward_config=None, *, thu_muc_checkpoint=None,
+                 luu_moi=None, giu_lai=2):
+        from .training import check_int, check_path
+
+        check_path("thu_muc_checkpoint", thu_muc_checkpoint)
+        if luu_moi is not None:
+            check_int("luu_moi", luu_moi)
+            if thu_muc_checkpoint is None:
+                raise ValueError("'luu_moi' cần 'thu_muc_checkpoint' / 'luu_moi' needs 'thu_muc_checkpoint'")
+        check_int("giu_lai", giu_lai)
+        self.thu_muc_checkpoint = thu_muc_checkpoint
+        self._ck = {"luu_moi": luu_moi, "giu_lai": giu_lai}
         self.sft_config = _check_config("sft_config", sft_config, SFTTrainer)
         self.dpo_config = _check_config("dpo_config", dpo_config, DPOTrainer)
         self.reward_config = _check_config("reward_config", reward_config, RewardModel, extra=("so_vong",))
@@ -53,35 +70,48 @@ class RLHFPipeline:
         self._done = {"sft": False, "reward": False, "rlhf": False}
 
     # -- the three stages -------------------------------------------------------------------------
-    def sft(self, model, du_lieu, du_lieu_val=None) -> dict:
+    def _stage_ck(self, stage, tiep_tuc_tu):
+        """Checkpoint keywords of one stage: its subdirectory of thu_muc_checkpoint, luu_moi, giu_lai."""
+        d = None if self.thu_muc_checkpoint is None else os.path.join(os.fspath(self.thu_muc_checkpoint),
+                                                                      self.thu_muc_giai_doan[stage])
+        return dict(thu_muc_checkpoint=d, tiep_tuc_tu=tiep_tuc_tu, **self._ck)
+
+    def sft(self, model, du_lieu, du_lieu_val=None, *, tiep_tuc_tu=None) -> dict:
         """Bước 1: SFT."""
-        r = self.sft_trainer.huan_luyen(model, du_lieu, du_lieu_val=du_lieu_val)
+        r = self.sft_trainer.huan_luyen(model, du_lieu, du_lieu_val=du_lieu_val,
+                                        **self._stage_ck("sft", tiep_tuc_tu))
         self._results["sft"] = r
         self._done["sft"] = True
         return r
 
-    def train_reward_model(self, reward_model, preference_data, so_vong=None) -> dict:
+    def train_reward_model(self, reward_model, preference_data, so_vong=None, *, tiep_tuc_tu=None) -> dict:
         """Bước 2: reward model (so_vong defaults to reward_config's, else 1)."""
         r = self.reward_model.huan_luyen(reward_model, preference_data,
-                                         so_vong=self._reward_epochs if so_vong is None else so_vong)
+                                         so_vong=self._reward_epochs if so_vong is None else so_vong,
+                                         **self._stage_ck("reward", tiep_tuc_tu))
         self._results["reward"] = r
         self._done["reward"] = True
         self._reward_net = reward_model
         return r
 
-    def rlhf(self, model, ref_model, preference_data) -> dict:
+    def rlhf(self, model, ref_model, preference_data, *, tiep_tuc_tu=None) -> dict:
         """Bước 3: DPO (`ref_model=None`: a frozen copy of `model` as it is now)."""
-        r = self.dpo_trainer.huan_luyen(model, ref_model, preference_data)
+        r = self.dpo_trainer.huan_luyen(model, ref_model, preference_data, **self._stage_ck("rlhf", tiep_tuc_tu))
         self._results["rlhf"] = r
         self._done["rlhf"] = True
         return r
 
     # -- the full run ----------------------------------------------------------------------------
-    def chay_day_du(self, model, ref_model, reward_model, sft_data, preference_data) -> dict:
+    def chay_day_du(self, model, ref_model, reward_model, sft_data, preference_data, *, tiep_tuc=False) -> dict:
         """SFT → reward model → DPO. `ref_model=None` means a frozen copy of the policy *after* SFT
         (the usual choice: DPO's reference is the SFT model). Returns the three stage results plus
         policy_reward_before / policy_reward_after / policy_reward_delta: the trained reward model's
-        mean score of the policy's greedy answers to the preference prompts, before and after DPO."""
+        mean score of the policy's greedy answers to the preference prompts, before and after DPO.
+
+        `tiep_tuc=True` (needs thu_muc_checkpoint): each stage resumes from the newest checkpoint in its
+        subdirectory when there is one (a finished stage restores its weights and result without training)."""
+        if tiep_tuc and self.thu_muc_checkpoint is None:
+            raise ValueError("'tiep_tuc=True' cần 'thu_muc_checkpoint' / 'tiep_tuc=True' needs 'thu_muc_checkpoint'")
         if reward_model is model or (ref_model is not None and reward_model is ref_model):
             raise ValueError("'reward_model' phải là một mô hình riêng / 'reward_model' must be a separate model")
         prompts = _prompts_of(preference_data)
@@ -92,11 +122,11 @@ class RLHFPipeline:
         prepare_pairs(preference_data, tok, n, require_prompt=False, allow_margin=True)
         prepare_pairs([r for r in preference_data if "prompt" in r], tok, n, require_prompt=True,
                       allow_margin=True)
-        self.sft(model, sft_data)
-        self.train_reward_model(reward_model, preference_data)
+        self.sft(model, sft_data, tiep_tuc_tu=self._resume_point("sft", tiep_tuc))
+        self.train_reward_model(reward_model, preference_data, tiep_tuc_tu=self._resume_point("reward", tiep_tuc))
         before = self._policy_reward(model, reward_model, prompts)
         dpo_pairs = [{k: v for k, v in r.items() if k != "margin"} for r in preference_data if "prompt" in r]
-        self.rlhf(model, ref_model, dpo_pairs)
+        self.rlhf(model, ref_model, dpo_pairs, tiep_tuc_tu=self._resume_point("rlhf", tiep_tuc))
         after = self._policy_reward(model, reward_model, prompts)
         result = {
             "sft": self._results["sft"],
@@ -108,6 +138,13 @@ class RLHFPipeline:
         }
         self._results.update({k: v for k, v in result.items() if k.startswith("policy_")})
         return result
+
+    def _resume_point(self, stage, tiep_tuc):
+        if not tiep_tuc:
+            return None
+        from .checkpointing import tim_checkpoint
+
+        return tim_checkpoint(self._stage_ck(stage, None)["thu_muc_checkpoint"])
 
     def _policy_reward(self, model, reward_model, prompts) -> float:
         from .records import format_prompt

@@ -25,7 +25,12 @@ class DataError(ValueError):
 
 
 def _describe(v) -> str:
-    r = repr(v)
+    try:
+        r = repr(v)
+    except RecursionError:  # a value nested deeper than repr can go (JSON input can do that)
+        r = "<lồng quá sâu / too deeply nested>"
+    except ValueError:  # an int with more digits than Python converts to text
+        r = "<số quá lớn / integer too large to print>"
     return f"{type(v).__name__} {r[:60]}{'…' if len(r) > 60 else ''}"
 
 
@@ -58,6 +63,11 @@ def _text(r, i, key, *, allow_empty=False):
     v = r[key]
     if not isinstance(v, str):
         raise record_error(i, key, ("một chuỗi", "a string"), v)
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no tokenizer can encode it
+        raise record_error(i, key, ("văn bản UTF-8 hợp lệ (không có surrogate lẻ)",
+                                    "valid UTF-8 text (no lone surrogate)"), v) from None
     if not allow_empty and not v.strip():
         raise record_error(i, key, ("một chuỗi không rỗng", "a non-empty string"), v)
     return unicodedata.normalize("NFC", v)
@@ -162,9 +172,9 @@ def prepare_sft(records, tokenizer, max_seq_length: int, vocab_size: int, name="
         else:
             raise DataError(
                 f"bản ghi {i}: không nhận ra định dạng; cần một trong các khóa input_ids, "
-                f"instruction/output, prompt/completion, messages; nhận được khóa {sorted(r)} "
+                f"instruction/output, prompt/completion, messages; nhận được khóa {sorted(r, key=str)} "
                 f"/ record {i}: unknown format; expected input_ids, instruction/output, "
-                f"prompt/completion or messages, got keys {sorted(r)}"
+                f"prompt/completion or messages, got keys {sorted(r, key=str)}"
             )
 
     examples = []
@@ -174,6 +184,9 @@ def prepare_sft(records, tokenizer, max_seq_length: int, vocab_size: int, name="
             ids, labels = a[:max_seq_length], b[:max_seq_length]
         elif kind == "text":
             ids, labels = _join(_bos(tokenizer) + tokenizer.encode(a), tokenizer.encode(b) + [eos], max_seq_length)
+        elif getattr(tokenizer, "chat_template", None) and hasattr(tokenizer, "encode_chat"):
+            # the model's own chat template (Hugging Face tokenizers): assistant turns trained only
+            ids, labels = tokenizer.encode_chat([{"role": r, "content": c} for r, c in a], max_seq_length)
         else:
             ids, labels = _render_messages(a, tokenizer, max_seq_length)
         if sum(1 for lab in labels[1:] if lab != IGNORE_INDEX) == 0:
@@ -198,7 +211,7 @@ def _messages(r, i):
         if not isinstance(m, dict):
             raise record_error(i, f"messages[{j}]", ("dict có role/content", "a dict with role/content"), m)
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise record_error(i, f"messages[{j}].role", ("'system', 'user' hoặc 'assistant'",
                                                           "'system', 'user' or 'assistant'"), role)
         out.append((role, _text(m, i, "content")))
@@ -250,7 +263,10 @@ def prepare_pairs(records, tokenizer, max_seq_length: int, *, require_prompt: bo
             m = r["margin"]
             if isinstance(m, bool) or not isinstance(m, (int, float)) or m != m or m in (float("inf"), float("-inf")):
                 raise record_error(i, "margin", ("một số thực hữu hạn", "a finite number"), m)
-            margin = float(m)
+            try:
+                margin = float(m)
+            except OverflowError:  # an int beyond the float range
+                raise record_error(i, "margin", ("một số thực hữu hạn", "a finite number"), m) from None
         parsed.append((prompt, chosen, rejected, margin))
 
     eos = tokenizer.eos_token_id

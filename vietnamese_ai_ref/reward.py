@@ -60,15 +60,22 @@ class RewardModel(TrainerBase):
         })
         self.tokenizer = None
 
-    def huan_luyen(self, model, preference_data, so_vong=1, callback=None) -> dict:
+    def huan_luyen(self, model, preference_data, so_vong=1, callback=None, *, thu_muc_checkpoint=None,
+                   luu_moi=None, giu_lai=2, tiep_tuc_tu=None, bo_qua_batch_loi=False) -> dict:
         """Huấn luyện reward model / train it. Records: chosen, rejected, optional prompt and margin.
 
         Returns tong_thoi_gian, so_epoch, global_step, train_loss_min, final_accuracy (accuracy of the
         trained model over `preference_data`, strict >, in eval mode) and history
-        (train_loss, accuracy, reward_margin, learning_rate, grad_norm)."""
+        (train_loss, accuracy, reward_margin, learning_rate, grad_norm).
+
+        Keyword-only (spec/api.md "Checkpoints and resume"): thu_muc_checkpoint, luu_moi, giu_lai,
+        tiep_tuc_tu, bo_qua_batch_loi."""
         check_model(model)
         so_vong = check_int("so_vong", so_vong)
         check_callback(callback)
+        ck, skip = self._checkpoint_options("reward", thu_muc_checkpoint=thu_muc_checkpoint, luu_moi=luu_moi,
+                                            giu_lai=giu_lai, tiep_tuc_tu=tiep_tuc_tu,
+                                            bo_qua_batch_loi=bo_qua_batch_loi)
         tok = resolve_tokenizer(None, model)
         max_len = effective_max_len(self.max_seq_length, model)
         pairs = prepare_pairs(preference_data, tok, max_len, require_prompt=False, allow_margin=True)
@@ -91,7 +98,7 @@ class RewardModel(TrainerBase):
             lr=self.toc_do_hoc, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
             clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed),
             micro_step=micro_step, weight_of=lambda e: 1, stat_keys=("accuracy", "reward_margin"),
-            callback=callback)
+            callback=callback, checkpoint=ck, skip_nonfinite=skip)
         self._run = run
         self._history = run["history"]
         h = run["history"]

@@ -72,11 +72,19 @@ class SFTTrainer(TrainerBase):
                             weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
                             clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed)
 
-    def huan_luyen(self, model, du_lieu_train, du_lieu_val=None, tokenizer=None, callback=None) -> dict:
+    def huan_luyen(self, model, du_lieu_train, du_lieu_val=None, tokenizer=None, callback=None, *,
+                   thu_muc_checkpoint=None, luu_moi=None, giu_lai=2, tiep_tuc_tu=None,
+                   bo_qua_batch_loi=False) -> dict:
         """Huấn luyện SFT / run SFT. Returns tong_thoi_gian, so_epoch, global_step, train_loss_min,
-        eval_loss_min (None without du_lieu_val) and history (train_loss, eval_loss, learning_rate, grad_norm)."""
+        eval_loss_min (None without du_lieu_val) and history (train_loss, eval_loss, learning_rate, grad_norm).
+
+        Keyword-only (spec/api.md "Checkpoints and resume"): thu_muc_checkpoint, luu_moi, giu_lai,
+        tiep_tuc_tu, bo_qua_batch_loi."""
         check_model(model)
         check_callback(callback)
+        ck, skip = self._checkpoint_options("sft", thu_muc_checkpoint=thu_muc_checkpoint, luu_moi=luu_moi,
+                                            giu_lai=giu_lai, tiep_tuc_tu=tiep_tuc_tu,
+                                            bo_qua_batch_loi=bo_qua_batch_loi)
         tok = resolve_tokenizer(tokenizer, model)
         max_len = effective_max_len(self.max_seq_length, model)
         vocab = model.config.vocab_size
@@ -102,7 +110,8 @@ class SFTTrainer(TrainerBase):
                 return {"eval_loss": acc}
 
         run = run_loop(model=model, examples=train, settings=self._settings(), micro_step=micro_step,
-                       weight_of=n_targets, callback=callback, evaluate=evaluate)
+                       weight_of=n_targets, callback=callback, evaluate=evaluate, checkpoint=ck,
+                       skip_nonfinite=skip)
         self._run = run
         self._history = run["history"]
         h = run["history"]
