@@ -64,16 +64,17 @@ def gradcheck(
         g = analytic[i]
         if g is None:
             g = xp.zeros_like(t.data)
-        flat = t.data.reshape(-1)  # a view: perturbations write through to t.data
         if t.data.size <= max_elements:
             gflat = g.reshape(-1)
             for j in range(t.data.size):
-                orig = float(flat[j])
-                flat[j] = orig + eps
+                # index t.data itself: reshape(-1) of a non-contiguous array is a copy, not a view
+                pos = _unravel(j, t.shape)
+                orig = float(t.data[pos])
+                t.data[pos] = orig + eps
                 fp = scalar()
-                flat[j] = orig - eps
+                t.data[pos] = orig - eps
                 fm = scalar()
-                flat[j] = orig
+                t.data[pos] = orig
                 num = (fp - fm) / (2 * eps)
                 ana = float(gflat[j])
                 err = abs(num - ana)
