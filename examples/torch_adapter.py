@@ -152,3 +152,160 @@ def normalize_scores(scores):
     s = s / s.abs().max()  # scale-invariant; keeps squares away from overflow/underflow
     d = s - s.mean()
     return _np(d / d.pow(2).mean().sqrt())
+
+
+# ---------------------------------------------------------------- end-to-end trainer vectors
+# An independent trainer: its own GPT-2 forward in torch (spec/model.md §2–§5), torch autograd,
+# torch.optim.AdamW (foreach=False) with a decay and a no-decay parameter group, torch.optim.lr_scheduler.LambdaLR
+# with transformers' linear warmup/decay, torch.nn.utils.clip_grad_norm_, and losses summed over each
+# micro-batch and divided by the window's token (SFT) or pair (DPO, reward model) count. It follows the
+# vector's explicit `windows` (the order is an input) and shares no code with vietnamese_ai_ref.
+
+def _gpt2_hidden(P, cfg, ids, mask):
+    """Final hidden states (B, T, d) of GPT-2 (pre-LN, gelu_new, right padding per spec/model.md §4)."""
+    B, T = ids.shape
+    d, H, eps = int(cfg["n_embd"]), int(cfg["n_head"]), float(cfg["layer_norm_epsilon"])
+    hd = d // H
+    n_real = mask.sum(dim=1)  # (B,)
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    allowed = (j <= i)[None] & ((j[None] < n_real[:, None, None]) | (j == i)[None])  # (B, T, T)
+    x = P["wte.weight"][ids] + P["wpe.weight"][:T][None]
+    for layer in range(int(cfg["n_layer"])):
+        h = f"h.{layer}."
+        a = F.layer_norm(x, (d,), P[h + "ln_1.weight"], P[h + "ln_1.bias"], eps)
+        q, k, v = (a @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]).split(d, dim=-1)
+        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in (q, k, v))
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        s = s.masked_fill(~allowed[:, None], torch.finfo(s.dtype).min)
+        y = (torch.softmax(s, dim=-1) @ v).transpose(1, 2).reshape(B, T, d)
+        x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
+        m = F.layer_norm(x, (d,), P[h + "ln_2.weight"], P[h + "ln_2.bias"], eps)
+        m = F.gelu(m @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"], approximate="tanh")
+        x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
+    return F.layer_norm(x, (d,), P["ln_f.weight"], P["ln_f.bias"], eps)
+
+
+def _long(a):
+    return torch.as_tensor(np.asarray(a, dtype=np.int64))
+
+
+def _seq_logps_t(logits, labels):
+    tgt = labels[:, 1:]
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    picked = torch.gather(logp, 2, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (tgt != IGNORE)).sum(dim=-1)
+
+
+def run_trainer_vector(inputs):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small gains nothing from threads (and loses a lot on a busy machine)
+    try:
+        return _run_trainer_vector(inputs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_trainer_vector(inputs):
+    kind, cfg, tc = inputs["trainer"], inputs["model_config"], inputs["trainer_config"]
+    P = {n: torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64, requires_grad=True)
+         for n, a in inputs["parameters"].items()}
+    no_decay = set(tc["no_decay_parameters"])
+    groups = [{"params": [p for n, p in P.items() if n not in no_decay], "weight_decay": float(tc["weight_decay"])},
+              {"params": [p for n, p in P.items() if n in no_decay], "weight_decay": 0.0}]
+    b1, b2 = tc["adam_betas"]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(tc["toc_do_hoc"]), betas=(b1, b2),
+                            eps=float(tc["adam_eps"]), foreach=False)
+    T_, W = int(tc["total_steps"]), int(tc["warmup_steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: s / max(1, W) if s < W else max(0.0, (T_ - s) / max(1, T_ - W)))
+    mbs, windows = inputs["micro_batches"], inputs["windows"]
+    beta, eps = float(tc.get("beta", 0.1)), float(tc.get("label_smoothing", 0.0))
+
+    def logits_of(ids, mask):
+        return _gpt2_hidden(P, cfg, ids, mask) @ P["wte.weight"].T
+
+    def scores_of(ids, mask):
+        h = _gpt2_hidden(P, cfg, ids, mask)
+        last = h[torch.arange(ids.shape[0]), mask.sum(dim=1) - 1]
+        return (last @ P["score.weight"].T).reshape(-1)
+
+    def side(mb, s):
+        return _long(mb[f"{s}_input_ids"]), _long(mb[f"{s}_attention_mask"])
+
+    ref = {}
+    if kind == "dpo":  # the reference model = the initial parameters, evaluated once, without a graph
+        with torch.no_grad():
+            for w in windows:
+                for i in w:
+                    ref[i] = tuple(_seq_logps_t(logits_of(*side(mbs[i], s)), _long(mbs[i][f"{s}_labels"]))
+                                   for s in ("chosen", "rejected"))
+
+    out = {"loss_trajectory": [], "learning_rates": [], "grad_norms": []}
+    stat_names = {"sft": (), "dpo": ("chosen_rewards", "rejected_rewards", "reward_margin"),
+                  "reward": ("accuracy", "reward_margin")}[kind]
+    for k in stat_names:
+        out[k] = []
+    for step, window in enumerate(windows):
+        if kind == "sft":
+            denom = sum(int((_long(mbs[i]["labels"])[:, 1:] != IGNORE).sum()) for i in window)
+        else:
+            denom = sum(int(np.asarray(mbs[i]["chosen_input_ids"]).shape[0]) for i in window)
+        opt.zero_grad(set_to_none=False)
+        step_loss, sums = 0.0, {k: 0.0 for k in stat_names}
+        for i in window:
+            mb = mbs[i]
+            if kind == "sft":
+                ids, mask, labels = _long(mb["input_ids"]), _long(mb["attention_mask"]), _long(mb["labels"])
+                logits = logits_of(ids, mask)
+                V = logits.shape[-1]
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum") / denom
+                if step == 0 and "logits" not in out:
+                    out["logits"] = _np(logits)
+            elif kind == "dpo":
+                pc = _seq_logps_t(logits_of(*side(mb, "chosen")), _long(mb["chosen_labels"]))
+                pr = _seq_logps_t(logits_of(*side(mb, "rejected")), _long(mb["rejected_labels"]))
+                rc, rr = ref[i]
+                z = beta * ((pc - pr) - (rc - rr))
+                per_pair = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+                loss = per_pair.sum() / denom
+                cr, rj = beta * (pc - rc).detach(), beta * (pr - rr).detach()
+                sums["chosen_rewards"] += float(cr.sum())
+                sums["rejected_rewards"] += float(rj.sum())
+                sums["reward_margin"] += float((cr - rj).sum())
+                if step == 0 and "logps" not in out:
+                    out["logps"] = {"policy_chosen": _np(pc), "policy_rejected": _np(pr),
+                                    "reference_chosen": _np(rc), "reference_rejected": _np(rr)}
+            else:
+                c, r = scores_of(*side(mb, "chosen")), scores_of(*side(mb, "rejected"))
+                m = torch.as_tensor(np.asarray(mb["margin"], dtype=np.float64))
+                loss = -F.logsigmoid(c - r - m).sum() / denom
+                sums["accuracy"] += float((c > r).sum())
+                sums["reward_margin"] += float((c - r).detach().sum())
+                if step == 0 and "scores" not in out:
+                    out["scores"] = {"chosen": _np(c), "rejected": _np(r)}
+            loss.backward()
+            step_loss += loss.item()
+        if step == 0:
+            out["loss"] = step_loss
+            out["grads"] = {n: _np(p.grad).copy() for n, p in P.items()}
+        clip = float(tc["gradient_clip"])
+        if clip > 0:  # spec/api.md: gradient_clip = 0 disables clipping (the norm is still reported)
+            norm = float(torch.nn.utils.clip_grad_norm_(list(P.values()), clip, foreach=False))
+        else:
+            norm = float(torch.sqrt(sum((p.grad * p.grad).sum() for p in P.values())))
+        if step == 0:
+            out["grad_norm"] = norm
+        out["learning_rates"].append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        out["loss_trajectory"].append(step_loss)
+        out["grad_norms"].append(norm)
+        n_pairs = denom if kind != "sft" else 1
+        for k in stat_names:
+            out[k].append(sums[k] / n_pairs)
+    for k in ("loss_trajectory", "learning_rates", "grad_norms") + stat_names:
+        out[k] = np.asarray(out[k], dtype=np.float64)
+    out["parameters_after"] = {n: _np(p) for n, p in P.items()}
+    return out

@@ -11,9 +11,14 @@ significant digits). Run from the repository root:
     python scripts/make_vectors.py            # rewrite spec/vectors/
     python scripts/make_vectors.py --check    # exit 1 if the committed vectors disagree with the code
 
+It also writes the end-to-end trainer vectors trainer_{sft,dpo,reward}.json: a tiny float64 GPT-2 with
+explicit initial weights (Python random again), records, their collated micro-batches and the explicit
+step schedule (= the order the real trainers use for the stated seed), and the expected numbers of
+`reference_adapter.run_trainer_vector` (the trainers' components driven as training.run_loop drives
+them). tests/test_trainer_vectors.py shows that the real trainers reproduce them.
+
 What it is not: a test by itself (tests/test_vectors.py regenerates in memory and compares numbers
-with a tight tolerance), nor the producer of end-to-end trainer vectors: the manifest only reserves
-their slot (spec/vectors/README.md describes their format).
+with a tight tolerance — for the trainer vectors' expected values, the cases' own tolerances).
 """
 
 from __future__ import annotations
@@ -249,6 +254,255 @@ def _normalize_scores(rng):
     return cases
 
 
+# ============================ end-to-end trainer vectors ============================================
+#
+# One file per trainer (trainer_sft.json, trainer_dpo.json, trainer_reward.json), format
+# vietnamese_ai_ref.trainer-vectors/1 (spec/vectors/README.md). Inputs: a tiny GPT-2 with explicit
+# initial weights (drawn from Python's random.Random, not from the model's init stream), the records,
+# their tokenised and collated micro-batches and the explicit step schedule `windows`. The schedule IS
+# the order the real trainers use for `trainer_config.seed` (training.epoch_order, batched as
+# training.run_loop batches it), so SFTTrainer / DPOTrainer / RewardModel.huan_luyen reproduce the
+# expected numbers exactly (tests/test_trainer_vectors.py); other implementations just follow
+# `windows`: the order is an input, not normative. Expected values: reference_adapter.run_trainer_vector.
+
+TRAINER_FILES = (
+    ("sft", "losses.md#2-sft-loss-over-the-effective-batch"),
+    ("dpo", "losses.md#3-dpo-loss-with-conservative-label-smoothing"),
+    ("reward", "losses.md#5-reward-model-bradleyterry-loss"),
+)
+TRAINER_SECTIONS = (
+    "api.md#the-shared-training-loop", "model.md#2-architecture-gpt-2-pre-ln", "model.md#5-reward-head",
+    "losses.md#7-adamw-and-weight-decay-groups", "losses.md#8-learning-rate-schedule",
+    "losses.md#9-gradient-clipping-and-the-logged-values", "losses.md#10-gradient-accumulation-for-dpo-and-reward-model-pairs",
+)
+
+TRAINER_MODEL_CONFIG = {
+    "vocab_size": 259, "n_positions": 64, "n_embd": 16, "n_layer": 2, "n_head": 2, "layer_norm_epsilon": 1e-5,
+    "activation": "gelu_new", "tie_word_embeddings": True, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0,
+    "pad_token_id": 256, "bos_token_id": 257, "eos_token_id": 258,
+}
+_TRAINER_COMMON = {"so_vong": 1, "kich_thuoc_batch": 2, "gradient_accumulation": 2, "toc_do_hoc": 1e-2,
+                   "gradient_clip": 1.0, "warmup_ratio": 0.1, "weight_decay": 0.1, "max_seq_length": 64,
+                   "logging_steps": 1, "seed": 42}
+TRAINER_CONFIGS = {
+    "sft": dict(_TRAINER_COMMON),
+    "dpo": dict(_TRAINER_COMMON, beta=0.5, label_smoothing=0.1),
+    "reward": dict(_TRAINER_COMMON),
+}
+#: Tolerance of every trainer-vector quantity (measured errors of the independent plain-torch adapter:
+#: spec/vectors/README.md) ...
+TRAINER_TOLERANCE = {"rtol": 1e-10, "atol": 1e-12}
+#: ... except the final values of the parameters whose gradient is mathematically zero, so that what
+#: they receive is rounding noise (~1e-17) which AdamW divides by sqrt(v̂) + eps ≈ eps = 1e-8: the
+#: attention *key* biases (softmax is invariant to adding q·b_k to every score of a row; the q and v
+#: thirds of c_attn.bias share the entry) and, for the reward model, ln_f.bias (it shifts r_c and r_r
+#: alike, which cancels in r_c − r_r − m). Their final values are fixed only to ~Σ lr·noise/eps ≈ 1e-10.
+NOISE_INTEGRATOR_TOLERANCE = {"atol": 1e-8}
+
+
+def _quantity_tolerances(kind: str) -> dict:
+    n_layer = TRAINER_MODEL_CONFIG["n_layer"]
+    names = [f"h.{i}.attn.c_attn.bias" for i in range(n_layer)] + (["ln_f.bias"] if kind == "reward" else [])
+    return {f"parameters_after.{n}": dict(NOISE_INTEGRATOR_TOLERANCE) for n in names}
+
+_SFT_QA = [
+    ("Xin chào", " Chào bạn!"), ("2 + 3 =", " 5"), ("Thủ đô Việt Nam?", " Hà Nội."), ("Màu của lá?", " Xanh."),
+    ("1, 2, 3,", " 4, 5, 6"), ("Trời mưa", " Mang ô nhé."), ("Cảm ơn", " Không có gì."), ("Mèo kêu", " meo meo"),
+    ("Số chẵn?", " 2, 4, 6, 8"), ("Phở là gì?", " Một món ăn."), ("Tạm biệt", " Hẹn gặp lại!"), ("9 - 4 =", " 5"),
+    ("Biển màu gì?", " Xanh lam."), ("Sông dài nhất?", " Mê Kông."), ("Sau Chủ Nhật?", " Thứ Hai."),
+    ("Chó sủa", " gâu gâu"), ("Học gì?", " Toán."), ("Mấy giờ?", " Bảy giờ."), ("Ba con", " gà"),
+]
+_DPO_PAIRS = [
+    ("Chào", "Xin chào bạn!", "Gì?"), ("2 + 2?", "Bằng 4.", "Bằng 5."), ("Thủ đô?", "Hà Nội.", "Không biết."),
+    ("Màu trời?", "Xanh.", "Đỏ chót."), ("Cảm ơn", "Không có gì ạ.", "Ừ."), ("Mèo?", "Kêu meo.", "Kêu gâu."),
+    ("Phở?", "Món ăn ngon.", "Một loại xe."), ("3 x 3?", "Là 9.", "Là 6."), ("Tết?", "Năm mới.", "Mùa hè."),
+    ("Nước?", "H2O.", "CO2."), ("Ngủ?", "Ngủ ngon nhé!", "Thức đi."), ("Đi đâu?", "Đi học.", "Không."),
+    ("Trăng?", "Mặt trăng sáng.", "Trăng vuông."), ("5 - 1?", "Còn 4.", "Còn 3."),
+    ("Kể chuyện dài", "Ngày xưa có một cô bé sống bên dòng sông xanh, ngày ngày chăm đàn vịt nhỏ.", "Hết."),
+    ("Sách?", "Đọc mỗi ngày.", "Đốt sách."), ("Bạn là ai?", "Trợ lý tiếng Việt.", "Ai biết."),
+    ("Mùa thu?", "Lá vàng rơi.", "Tuyết rơi dày."), ("Chợ?", "Mua rau.", "Bay."),
+]
+_RM_PAIRS = [
+    (None, "Cảm ơn bạn rất nhiều!", "Kệ bạn.", None), (None, "Hà Nội là thủ đô.", "Huế là thủ đô.", 1.0),
+    ("2 + 2?", "Bằng 4.", "Bằng 22.", None), (None, "Trời hôm nay đẹp.", "Trời.", 0.5), (None, "Xin lỗi nhé.", "Ờ.", None),
+    (None, "Uống nước nhiều.", "Uống ít nước.", -0.25), ("Mèo?", "Kêu meo meo.", "Kêu ò ó o.", None),
+    (None, "Học tập chăm chỉ.", "Lười học.", 2.0), (None, "Ăn rau xanh.", "Ăn kẹo mãi.", None),
+    (None, "Ngủ đủ giấc.", "Thức trắng đêm.", 0.75), (None, "Đi bộ mỗi ngày.", "Nằm cả ngày.", None),
+    ("Sông?", "Sông Hồng.", "Sông Kem.", 0.0), (None, "Giúp đỡ mọi người.", "Mặc kệ.", None),
+    (None, "Đọc sách hay.", "Xé sách.", 1.5), (None, "Tiết kiệm điện.", "Bật đèn suốt.", None),
+    (None, "Chào buổi sáng!", "Sáng.", -0.5), (None, "Trồng thêm cây.", "Chặt cây.", None),
+    (None, "Rửa tay sạch.", "Tay bẩn.", 0.25), ("Mưa?", "Mang áo mưa.", "Đi chân đất.", None),
+]
+
+
+def _trainer_records(kind):
+    if kind == "sft":
+        from vietnamese_ai_ref.tokenizer import ByteTokenizer
+
+        tok = ByteTokenizer()
+        out = []
+        for q, a in _SFT_QA:
+            p_ids = [tok.bos_token_id] + tok.encode(q)
+            r_ids = tok.encode(a) + [tok.eos_token_id]
+            out.append({"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids})
+        return out
+    if kind == "dpo":
+        return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in _DPO_PAIRS]
+    out = []
+    for p, c, r, m in _RM_PAIRS:
+        rec = {"prompt": p} if p is not None else {}
+        rec.update({"chosen": c, "rejected": r})
+        if m is not None:
+            rec["margin"] = m
+        out.append(rec)
+    return out
+
+
+def _initial_parameters(rng: random.Random, kind: str) -> dict:
+    """Explicit initial weights (GPT-2 names, Conv1D layout): Gaussian, LayerNorm weights around 1, every
+    bias non-zero (so that a dropped or swapped bias shows at step 1), a score head for the reward model."""
+    from vietnamese_ai_ref.backends import use_backend
+    from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+
+    mc = TRAINER_MODEL_CONFIG
+    with use_backend("numpy", "float64"):
+        m = TransformerLM(GPTConfig(**{k: mc[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
+                                                          "layer_norm_epsilon")}))
+        if kind == "reward":
+            m.add_score_head()
+        shapes = {n: tuple(p.shape) for n, p in m.named_parameters().items()}
+    out = {}
+    for name, shape in shapes.items():
+        n = int(np.prod(shape))
+        if ".ln_" in name or name.startswith("ln_"):
+            base, std = (1.0, 0.1) if name.endswith(".weight") else (0.0, 0.1)
+        elif name.endswith(".bias"):
+            base, std = 0.0, 0.1
+        elif name in ("wte.weight", "wpe.weight", "score.weight") or "c_attn" in name:
+            base, std = 0.0, 0.3
+        else:
+            base, std = 0.0, 0.2
+        out[name] = np.array([base + rng.gauss(0.0, std) for _ in range(n)], dtype=np.float64).reshape(shape)
+    return out
+
+
+def _trainer_case(kind: str, seed: int) -> dict:
+    from vietnamese_ai_ref.backends import use_backend
+    from vietnamese_ai_ref.optim import no_decay, warmup_steps_for
+    from vietnamese_ai_ref.records import pad_batch, prepare_pairs, prepare_sft
+    from vietnamese_ai_ref.tokenizer import ByteTokenizer
+    from vietnamese_ai_ref.training import LoopSettings, epoch_order, plan_steps
+
+    rng = random.Random(f"{seed}:trainer_{kind}")
+    tc = dict(TRAINER_CONFIGS[kind])
+    mc = TRAINER_MODEL_CONFIG
+    records = _trainer_records(kind)
+    tok = ByteTokenizer()
+    L = min(tc["max_seq_length"], mc["n_positions"])
+    params = _initial_parameters(rng, kind)
+    with use_backend("numpy", "float64"):
+        if kind == "sft":
+            examples = prepare_sft(records, tok, L, mc["vocab_size"])
+        else:
+            examples = prepare_pairs(records, tok, L, require_prompt=(kind == "dpo"), allow_margin=(kind == "reward"))
+        settings = LoopSettings(epochs=tc["so_vong"], batch_size=tc["kich_thuoc_batch"],
+                                accumulation=tc["gradient_accumulation"], lr=tc["toc_do_hoc"],
+                                weight_decay=tc["weight_decay"], warmup_ratio=tc["warmup_ratio"],
+                                clip=tc["gradient_clip"], logging_steps=1, seed=tc["seed"])
+        n = len(examples)
+        _, _, total, warmup = plan_steps(n, settings)
+        micro_batches, windows = [], []
+        for epoch in range(tc["so_vong"]):  # exactly as training.run_loop orders and groups them
+            order = epoch_order(n, tc["seed"], epoch)
+            batches = [order[i:i + tc["kich_thuoc_batch"]] for i in range(0, n, tc["kich_thuoc_batch"])]
+            for w in range(0, len(batches), tc["gradient_accumulation"]):
+                window = []
+                for b in batches[w:w + tc["gradient_accumulation"]]:
+                    window.append(len(micro_batches))
+                    micro_batches.append(_collate(kind, [examples[j] for j in b], b, tok.pad_token_id, pad_batch))
+                windows.append(window)
+    assert len(windows) == total
+    tc.update({
+        "total_steps": total, "warmup_steps": warmup, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8,
+        "clip_eps": 1e-6,
+        "no_decay_parameters": [nm for nm, a in params.items() if no_decay(nm, a)],
+    })
+    inputs = {
+        "trainer": kind,
+        "model_config": dict(mc),
+        "parameters": params,
+        "trainer_config": tc,
+        "records": records,
+        "micro_batches": micro_batches,
+        "windows": windows,
+    }
+    from vietnamese_ai_ref.conformance import _reference_trainer_run
+
+    diagnostics = {}
+    with use_backend("numpy", "float64"):  # = R.run_trainer_vector, from exactly what the file will hold
+        expected = _reference_trainer_run(decode(encode_value(inputs)), diagnostics)
+    _check_trainer_case(kind, inputs, expected, diagnostics)
+    title = {"sft": "SFTTrainer", "dpo": "DPOTrainer (reference = the initial model)",
+             "reward": "RewardModel.huan_luyen (score head included in the parameters)"}[kind]
+    case = {
+        "name": f"{kind}/tiny_gpt2_{total}_steps",
+        "description": (f"{title}: GPT-2 n_layer 2, n_embd 16, n_head 2, byte vocabulary 259, float64; "
+                        f"{n} examples, kich_thuoc_batch {tc['kich_thuoc_batch']}, gradient_accumulation "
+                        f"{tc['gradient_accumulation']} (micro-batches of unequal token counts; the last window holds "
+                        f"micro-batches of 2 and 1 rows), {total} optimiser steps with warmup W = {warmup} (step 1 runs at lr 0), "
+                        f"clipping active, weight decay with the no-decay rule"),
+        "inputs": encode_value(inputs),
+        "expected": encode_value(expected),
+        "tolerances": dict(TRAINER_TOLERANCE),
+        "quantity_tolerances": _quantity_tolerances(kind),
+    }
+    return case
+
+
+def _collate(kind, exs, indices, pad, pad_batch):
+    """One micro-batch as the trainers collate it (right padding, -100 labels on padding)."""
+    idx = np.array(indices, dtype=np.int64)
+    if kind == "sft":
+        ids, mask, labels = pad_batch([e["input_ids"] for e in exs], pad, [e["labels"] for e in exs])
+        return {"example_indices": idx, "input_ids": np.array(ids, dtype=np.int64),
+                "attention_mask": np.array(mask, dtype=np.int64), "labels": np.array(labels, dtype=np.int64)}
+    mb = {"example_indices": idx}
+    for side in ("chosen", "rejected"):
+        if kind == "dpo":
+            ids, mask, labels = pad_batch([e[f"{side}_ids"] for e in exs], pad, [e[f"{side}_labels"] for e in exs])
+            mb[f"{side}_labels"] = np.array(labels, dtype=np.int64)
+        else:
+            ids, mask = pad_batch([e[f"{side}_ids"] for e in exs], pad)
+        mb[f"{side}_input_ids"] = np.array(ids, dtype=np.int64)
+        mb[f"{side}_attention_mask"] = np.array(mask, dtype=np.int64)
+    if kind == "reward":
+        mb["margin"] = np.array([e["margin"] for e in exs], dtype=np.float64)
+    # keep the key order stable: ids, mask, labels per side, then margin
+    order = ["example_indices"] + [f"{s}_{k}" for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "labels")]
+    return {k: mb[k] for k in order + ["margin"] if k in mb}
+
+
+def _check_trainer_case(kind, inputs, expected, diagnostics):
+    """The vector exercises what it claims: accumulation with unequal token counts and row counts,
+    clipping, warmup (lr 0 at step 1), and no quantity sits on a discontinuity (accuracy ties)."""
+    mbs, windows, tc = inputs["micro_batches"], inputs["windows"], inputs["trainer_config"]
+    assert all(len(w) <= tc["gradient_accumulation"] for w in windows) and len(windows[0]) == 2
+    # a window whose micro-batches hold different numbers of rows: the pair mean of losses.md §10 differs
+    # from a mean of micro-batch means there, and SFT's token mean (§2) from a mean of micro-batch token means
+    sizes = [len(mbs[i]["example_indices"]) for i in windows[-1]]
+    assert len(sizes) == 2 and sizes[0] != sizes[1], sizes
+    if kind == "sft":
+        for w in (windows[0], windows[-1]):  # step 1 (its gradients are in the vector) and the last step
+            counts = [int((mbs[i]["labels"][:, 1:] != -100).sum()) for i in w]
+            assert counts[0] != counts[1], counts
+    assert tc["warmup_steps"] >= 1 and expected["learning_rates"][0] == 0.0
+    norms = expected["grad_norms"]
+    assert norms[0] > tc["gradient_clip"] and sum(x > tc["gradient_clip"] for x in norms) >= 3, norms  # clipping active
+    if kind == "reward":
+        # accuracies are discontinuous in the scores: every pair's score difference stays away from 0
+        assert min(diagnostics["min_abs_pair_difference"]) > 1e-4, diagnostics
+
+
 FILES = (
     ("sequence_logps", _sequence_logps, "losses.md#1-sequence-log-probability"),
     ("sft_loss", _sft_loss, "losses.md#2-sft-loss-over-the-effective-batch"),
@@ -281,6 +535,19 @@ def build(seed: int = SEED) -> dict:
             "grad_checks": sum(1 for c in cases if "grad" in c),
             "error_checks": sum(1 for c in cases if "expect_error" in c),
         })
+    trainer_entries = []
+    for kind, section in TRAINER_FILES:
+        fname = f"trainer_{kind}.json"
+        cases = [_trainer_case(kind, seed)]
+        out[fname] = {
+            "format": TRAINER_FORMAT,
+            "spec_version": SPEC_VERSION,
+            "trainer": kind,
+            "section": section,
+            "sections": list(TRAINER_SECTIONS),
+            "cases": cases,
+        }
+        trainer_entries.append({"file": fname, "trainer": kind, "section": section, "cases": len(cases)})
     out["manifest.json"] = {
         "format": FORMAT,
         "spec_version": SPEC_VERSION,
@@ -295,9 +562,12 @@ def build(seed: int = SEED) -> dict:
         "files": entries,
         "trainer_vectors": {
             "format": TRAINER_FORMAT,
-            "status": "reserved: no trainer vectors in spec 1.0 yet; see README.md, 'End-to-end trainer vectors'",
-            "tolerances": {"rtol": 1e-9, "atol": 1e-10},
-            "files": [],
+            "status": "end-to-end vectors, one per trainer: run through the optional adapter function "
+                      "run_trainer_vector(inputs); see README.md, 'End-to-end trainer vectors'",
+            "rng": "Python random.Random(f'{seed}:trainer_{trainer}') for the initial weights; the step order is "
+                   "the trainers' own (training.epoch_order for trainer_config.seed), written out as an input",
+            "tolerances": dict(TRAINER_TOLERANCE),
+            "files": trainer_entries,
         },
     }
     return out
@@ -345,6 +615,8 @@ def diff(committed, regenerated, rtol: float = 1e-13, atol: float = 1e-13, path:
                 return [f"{path}: values differ (max abs {float(np.max(np.abs(fa[fin] - fb[fin]), initial=0.0)):.3e})"]
             return []
         return [] if np.array_equal(a, b) else [f"{path}: integer/bool values differ"]
+    if isinstance(committed, dict) and "inputs" in committed and "expected" in committed and isinstance(regenerated, dict):
+        return _diff_trainer_case(committed, regenerated, rtol, atol, path)
     if isinstance(committed, dict):
         if not isinstance(regenerated, dict) or list(committed) != list(regenerated):
             return [f"{path}: keys differ ({list(committed)[:6]} vs {list(regenerated)[:6] if isinstance(regenerated, dict) else type(regenerated).__name__})"]
@@ -365,6 +637,40 @@ def diff(committed, regenerated, rtol: float = 1e-13, atol: float = 1e-13, path:
     if committed != regenerated:
         return [f"{path}: {committed!r} != {regenerated!r}"]
     return []
+
+
+def _diff_trainer_case(committed, regenerated, rtol, atol, path) -> list:
+    """A trainer case: everything but `expected` exactly as diff() compares it (the inputs come from
+    Python's random and integer code); `expected` within the case's own tolerances (it runs a model
+    through BLAS, whose last bits — and the noise-integrating parameters, README — may move with
+    NumPy/BLAS builds), as the conformance runner would compare it."""
+    from vietnamese_ai_ref.conformance import trainer_comparisons
+
+    if list(committed) != list(regenerated):
+        return [f"{path}: keys differ ({list(committed)} vs {list(regenerated)})"]
+    out = []
+    for k in committed:
+        if k != "expected":
+            out += diff(committed[k], regenerated[k], rtol, atol, f"{path}.{k}")
+    exp_c, exp_r = {}, {}
+    _flatten_leaves("", committed["expected"], exp_c)
+    _flatten_leaves("", regenerated["expected"], exp_r)
+    if list(exp_c) != list(exp_r):
+        return out + [f"{path}.expected: quantities differ"]
+    tol = committed.get("tolerances", {"rtol": 1e-9, "atol": 1e-10})
+    for leaf, (ok, max_abs, _, detail) in trainer_comparisons(decode(regenerated["expected"]), committed,
+                                                              float(tol["rtol"]), float(tol["atol"])):
+        if not ok:
+            out.append(f"{path}.expected.{leaf}: {detail or 'differs'} (max abs {max_abs})")
+    return out
+
+
+def _flatten_leaves(prefix, v, out):
+    if isinstance(v, dict) and set(v) != {"dtype", "shape", "data"}:
+        for k, x in v.items():
+            _flatten_leaves(f"{prefix}.{k}" if prefix else k, x, out)
+    else:
+        out[prefix] = v
 
 
 def main(argv=None) -> int:

@@ -51,3 +51,19 @@ def _restore_backend():
         yield
     finally:
         _backends._current = saved
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses torch (the `torch` fixture, or a module that imports it through
+    `pytest.importorskip("torch")`) with `torch`, so CI's `pytest -m torch` step runs all of them."""
+    uses_torch: dict = {}
+    for item in items:
+        path = str(getattr(item, "path", item.fspath))
+        if path not in uses_torch:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    uses_torch[path] = 'importorskip("torch")' in f.read()
+            except OSError:
+                uses_torch[path] = False
+        if uses_torch[path] or "torch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)

@@ -98,7 +98,9 @@ def test_manifest():
             assert set(c["args"]) == set(PROTOCOL[e["function"]].args)
             assert ("expected" in c) != ("expect_error" in c)
     slot = m["trainer_vectors"]
-    assert slot["format"] == TRAINER_FORMAT and slot["files"] == [] and "reserved" in slot["status"]
+    assert slot["format"] == TRAINER_FORMAT and "run_trainer_vector" in slot["status"]
+    assert slot["tolerances"] == {"rtol": 1e-10, "atol": 1e-12}
+    assert [e["trainer"] for e in slot["files"]] == ["sft", "dpo", "reward"]
     assert (VEC / "README.md").read_text(encoding="utf-8").count(TRAINER_FORMAT) >= 1
 
 
@@ -175,6 +177,64 @@ def test_coverage_reward_and_normalize():
     np.testing.assert_array_equal(decode(ns["normalize_scores/all_equal"]["expected"]["normalized"]), np.zeros(5))
     z = decode(ns["normalize_scores/general"]["expected"]["normalized"])
     assert abs(z.mean()) < 1e-15 and z.std() == pytest.approx(1.0, rel=1e-14)
+
+
+# ------------------------------------------------------------------ end-to-end trainer vectors
+TRAINER_FILES = {e["file"]: _committed(e["file"]) for e in MANIFEST["trainer_vectors"]["files"]}
+EXPECTED_KEYS = {
+    "sft": {"logits"},
+    "dpo": {"logps", "chosen_rewards", "rejected_rewards", "reward_margin"},
+    "reward": {"scores", "accuracy", "reward_margin"},
+}
+COMMON_KEYS = {"loss", "grad_norm", "grads", "learning_rates", "grad_norms", "loss_trajectory", "parameters_after"}
+
+
+def test_trainer_vector_files():
+    for e in MANIFEST["trainer_vectors"]["files"]:
+        f = TRAINER_FILES[e["file"]]
+        kind = e["trainer"]
+        assert f["format"] == TRAINER_FORMAT and f["spec_version"] == SPEC_VERSION and f["trainer"] == kind
+        assert e["file"] == f"trainer_{kind}.json" and e["cases"] == len(f["cases"]) == 1
+        assert (VEC / e["file"]).stat().st_size < 2_000_000
+        case = f["cases"][0]
+        assert case["name"].startswith(kind + "/")
+        inputs, expected = decode(case["inputs"]), decode(case["expected"])
+        assert inputs["trainer"] == kind
+        assert set(expected) == COMMON_KEYS | EXPECTED_KEYS[kind]
+        params = inputs["parameters"]
+        assert list(expected["grads"]) == list(params) == list(expected["parameters_after"])  # every tensor
+        assert ("score.weight" in params) == (kind == "reward")
+        for name, a in params.items():
+            assert a.dtype == np.float64 and expected["grads"][name].shape == a.shape
+        tc = inputs["trainer_config"]
+        T = tc["total_steps"]
+        assert len(inputs["windows"]) == T == 5
+        for k in ("learning_rates", "grad_norms", "loss_trajectory") + tuple(EXPECTED_KEYS[kind] - {"logits", "logps", "scores"}):
+            assert expected[k].shape == (T,), k
+        assert expected["loss"] == expected["loss_trajectory"][0] and expected["grad_norm"] == expected["grad_norms"][0]
+        assert set(tc["no_decay_parameters"]) == {n for n, a in params.items() if a.ndim < 2}
+        mb0 = inputs["micro_batches"][0]
+        if kind == "sft":
+            assert expected["logits"].shape == mb0["input_ids"].shape + (inputs["model_config"]["vocab_size"],)
+        if kind == "dpo":
+            assert tc["label_smoothing"] > 0 and set(expected["logps"]) == {
+                "policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"}
+        for v in _leaves(expected):
+            assert np.all(np.isfinite(v))
+
+
+def test_trainer_vector_diff_uses_the_case_tolerances():
+    obj = json.loads(GEN.dumps(REGENERATED["trainer_sft.json"]))
+    assert not GEN.diff(TRAINER_FILES["trainer_sft.json"], obj)
+    other = json.loads(json.dumps(obj))
+    other["cases"][0]["expected"]["loss_trajectory"]["data"][2] *= 1 + 1e-8  # beyond rtol 1e-10
+    assert any("loss_trajectory" in d for d in GEN.diff(obj, other))
+    other = json.loads(json.dumps(obj))
+    other["cases"][0]["expected"]["loss_trajectory"]["data"][2] *= 1 + 1e-12  # BLAS-level noise is tolerated
+    assert not GEN.diff(obj, other)
+    other = json.loads(json.dumps(obj))
+    other["cases"][0]["inputs"]["micro_batches"][0]["input_ids"]["data"][1] += 1  # inputs compare exactly
+    assert GEN.diff(obj, other)
 
 
 def test_check_mode_of_the_generator(capsys):

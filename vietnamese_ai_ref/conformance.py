@@ -7,9 +7,14 @@ and relative errors, and exits 1 when any check fails (2 for usage errors). It a
 file format helpers (`encode_array`, `decode`) used by scripts/make_vectors.py, and
 `reference_adapter`, this package's own implementation behind the same protocol.
 
-What it is not: a test of trainers, models or data code (end-to-end trainer vectors have a reserved
-slot, see spec/vectors/README.md; they run through the optional `run_trainer_vector` function), nor a
-benchmark. It never imports torch: a torch adapter imports torch itself.
+It also runs the end-to-end trainer vectors (spec/vectors/trainer_*.json) through the optional
+`run_trainer_vector` function; `reference_adapter.run_trainer_vector` drives this package's trainer
+components through a vector's explicit step schedule (scripts/make_vectors.py computes the expected
+numbers with it).
+
+What it is not: a test of the trainers' own loops, data code or checkpoints (tests/test_trainer_vectors.py
+runs the real trainers against the vectors), nor a benchmark. It never imports torch: a torch adapter
+imports torch itself.
 
 Adapter protocol (spec 1.0). An adapter is a module or any object; `MODULE:ATTR` names it (ATTR may be
 dotted; without it the module itself is the adapter; MODULE may also be a path to a .py file). Arrays
@@ -34,7 +39,11 @@ argument names to the gradient of sum(upstream * F(*args)) with respect to that 
   dpo_loss_grad(pc, pr, rc, rr, beta, label_smoothing, upstream)       -> {"policy_chosen_logps",
         "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps"}  (of `losses`)
   reward_loss_grad(rewards_chosen, rewards_rejected, margin, upstream) -> {"rewards_chosen", "rewards_rejected"}
-Reserved: run_trainer_vector(inputs: dict) -> dict, for trainer vectors (spec/vectors/README.md).
+Optional, for the trainer vectors (SKIP when absent): run_trainer_vector(inputs: dict) -> dict, where
+`inputs` is a case's decoded `inputs` (model_config, parameters, trainer_config, micro_batches,
+windows, ...) and the result is shaped like its `expected` (nested dicts of arrays and floats); every
+leaf is compared under the case's tolerance, or its `quantity_tolerances` entry (the longest prefix of
+the dotted leaf name). Format and semantics: spec/vectors/README.md, "End-to-end trainer vectors".
 """
 
 from __future__ import annotations
@@ -257,6 +266,175 @@ class ReferenceAdapter:
             L.reward_loss(c, r, m).backward(self._arr(upstream, "float64"))
             return {"rewards_chosen": self._host(c.grad), "rewards_rejected": self._host(r.grad)}
 
+    # -- end-to-end trainer vectors (spec/vectors/README.md, "End-to-end trainer vectors") -----
+    def run_trainer_vector(self, inputs: dict) -> dict:
+        """Run a trainer vector's steps with the trainers' own components, as `training.run_loop` does.
+
+        The same code path as SFTTrainer / DPOTrainer / RewardModel.huan_luyen (their micro-batch
+        collation and losses, optim.AdamW, optim.linear_schedule, optim.clip_coefficient) except that the
+        order of the micro-batches is the vector's explicit `windows` instead of `training.epoch_order`
+        (tests/test_trainer_vectors.py checks that the real trainers reproduce these numbers).
+        Returns the dict described by the vector's `expected` (host NumPy arrays and floats)."""
+        with self._ctx():
+            return _reference_trainer_run(inputs)
+
+
+def _reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict:
+    """The body of `ReferenceAdapter.run_trainer_vector` (backend already selected, float64).
+    `diagnostics`, when given, receives `min_abs_pair_difference` per step (reward model: min |r_c − r_r|,
+    DPO: min |chosen reward − rejected reward|), which scripts/make_vectors.py uses to keep the discrete
+    accuracies away from ties."""
+    from . import dpo as _dpo
+    from . import reward as _reward
+    from .autograd import no_grad
+    from .backends import get_backend, to_numpy
+    from .model import GPTConfig, TransformerLM
+    from .optim import AdamW, clip_coefficient, linear_schedule
+    from .records import IGNORE_INDEX
+
+    be = get_backend()
+    xp = be.xp
+    kind = inputs["trainer"]
+    if kind not in ("sft", "dpo", "reward"):
+        raise ValueError(f"trainer không rõ / unknown trainer {kind!r}: expected 'sft', 'dpo' or 'reward'")
+    mc, tc = inputs["model_config"], inputs["trainer_config"]
+    for key, want in (("activation", "gelu_new"), ("tie_word_embeddings", True)):
+        if key in mc and mc[key] != want:
+            raise ValueError(f"model_config[{key!r}] = {mc[key]!r}: only {want!r} is implemented")
+    cfg = GPTConfig(vocab_size=int(mc["vocab_size"]), n_positions=int(mc["n_positions"]),
+                    n_embd=int(mc["n_embd"]), n_layer=int(mc["n_layer"]), n_head=int(mc["n_head"]),
+                    layer_norm_epsilon=float(mc["layer_norm_epsilon"]))
+    model = TransformerLM(cfg)
+    model.load_state_dict({n: be.asarray(host_np.asarray(a, dtype=host_np.float64))
+                           for n, a in inputs["parameters"].items()})
+    pad = int(mc.get("pad_token_id", 0))
+    mbs = inputs["micro_batches"]
+    windows = [[int(i) for i in w] for w in inputs["windows"]]
+    lr0 = float(tc["toc_do_hoc"])
+    total, warmup = int(tc["total_steps"]), int(tc["warmup_steps"])
+    clip = float(tc["gradient_clip"])
+    if len(windows) != total:
+        raise ValueError(f"windows has {len(windows)} steps, trainer_config.total_steps is {total}")
+
+    def arr(a):
+        return be.asarray(host_np.asarray(a, dtype=host_np.int64), dtype=xp.int64)
+
+    def real(a, mask):
+        """Rows of a padded (B, T) array without their padding (host lists)."""
+        a, mask = host_np.asarray(a), host_np.asarray(mask)
+        return [a[b, : int(mask[b].sum())].tolist() for b in range(a.shape[0])]
+
+    def pairs_of(mb):
+        """The trainers' example dicts of one DPO/RM micro-batch (they re-pad chosen + rejected jointly)."""
+        out = []
+        ci, ri = real(mb["chosen_input_ids"], mb["chosen_attention_mask"]), real(mb["rejected_input_ids"], mb["rejected_attention_mask"])
+        cl = real(mb["chosen_labels"], mb["chosen_attention_mask"]) if "chosen_labels" in mb else [None] * len(ci)
+        rl = real(mb["rejected_labels"], mb["rejected_attention_mask"]) if "rejected_labels" in mb else [None] * len(ri)
+        margins = host_np.asarray(mb["margin"], dtype=host_np.float64).tolist() if "margin" in mb else [0.0] * len(ci)
+        for b in range(len(ci)):
+            out.append({"chosen_ids": ci[b], "chosen_labels": cl[b], "rejected_ids": ri[b],
+                        "rejected_labels": rl[b], "margin": margins[b]})
+        return out
+
+    def weight(mb) -> int:
+        if kind == "sft":
+            return int((host_np.asarray(mb["labels"])[:, 1:] != IGNORE_INDEX).sum())
+        return int(host_np.asarray(mb["chosen_input_ids"]).shape[0])
+
+    first = {}
+    stat_keys = {"sft": (), "dpo": ("chosen_rewards", "rejected_rewards", "reward_margin"),
+                 "reward": ("accuracy", "reward_margin")}[kind]
+
+    if kind == "dpo":
+        beta, eps = float(tc["beta"]), float(tc["label_smoothing"])
+        # the reference model: a frozen copy of the initial parameters, evaluated once, in eval mode
+        ref = model.copy()
+        ref.eval()
+        ref_logps = {}
+        with no_grad():
+            for w in windows:
+                for i in w:
+                    if i not in ref_logps:
+                        rc, rr = _dpo.pair_logps(ref, pairs_of(mbs[i]), pad)
+                        ref_logps[i] = (to_numpy(rc.numpy()), to_numpy(rr.numpy()))
+
+    def micro_step(i, denominator):
+        mb = mbs[i]
+        if kind == "sft":
+            logits = model(arr(mb["input_ids"]), attention_mask=arr(mb["attention_mask"]))
+            if not first:
+                first["logits"] = to_numpy(logits.numpy()).copy()
+            return L.sft_loss(logits, arr(mb["labels"]), num_items_in_batch=denominator), {}
+        batch = pairs_of(mb)
+        n = len(batch)
+        if kind == "dpo":
+            pc, pr = _dpo.pair_logps(model, batch, pad)
+            rc, rr = (be.asarray(v) for v in ref_logps[i])
+            per_pair, cr, rj = L.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
+            if not first:
+                first["logps"] = {"policy_chosen": to_numpy(pc.numpy()).copy(), "policy_rejected": to_numpy(pr.numpy()).copy(),
+                                  "reference_chosen": ref_logps[i][0].copy(), "reference_rejected": ref_logps[i][1].copy()}
+            cr, rj = to_numpy(getattr(cr, "data", cr)), to_numpy(getattr(rj, "data", rj))
+            stats = {"chosen_rewards": (float(cr.sum()), n), "rejected_rewards": (float(rj.sum()), n),
+                     "reward_margin": (float((cr - rj).sum()), n), "_gap": float(host_np.abs(cr - rj).min())}
+            return per_pair.sum() / denominator, stats
+        rc, rr = _reward._pair_scores(model, batch, pad)
+        per_pair = L.reward_loss(rc, rr, margin=be.asarray([e["margin"] for e in batch]))
+        c, r = to_numpy(rc.numpy()), to_numpy(rr.numpy())
+        if not first:
+            first["scores"] = {"chosen": c.copy(), "rejected": r.copy()}
+        stats = {"accuracy": (float((c > r).sum()), n), "reward_margin": (float((c - r).sum()), n),
+                 "_gap": float(host_np.abs(c - r).min())}
+        return per_pair.sum() / denominator, stats
+
+    model.train()
+    opt = AdamW(model.named_parameters(), lr=lr0, weight_decay=float(tc["weight_decay"]))
+    traj = {"loss_trajectory": [], "learning_rates": [], "grad_norms": []}
+    traj.update({k: [] for k in stat_keys})
+    out = {}
+    for s, window in enumerate(windows):  # as training._epochs, one optimiser step per window
+        denominator = sum(weight(mbs[i]) for i in window)
+        opt.zero_grad()
+        step_loss = 0.0
+        step_stats = {k: [0.0, 0] for k in stat_keys}
+        gap = math.inf
+        for i in window:
+            loss, stats = micro_step(i, denominator)
+            loss.backward()
+            step_loss += loss.item()
+            for k in stat_keys:
+                step_stats[k][0] += stats[k][0]
+                step_stats[k][1] += stats[k][1]
+            gap = min(gap, stats.get("_gap", math.inf))
+        if diagnostics is not None:
+            diagnostics.setdefault("min_abs_pair_difference", []).append(gap)
+        opt.gather_grads()
+        norm = opt.grad_norm()
+        if not (math.isfinite(step_loss) and math.isfinite(norm)):
+            raise FloatingPointError(f"non-finite loss or gradient norm at step {s + 1}")
+        if s == 0:
+            out["loss"] = step_loss
+            out["grad_norm"] = norm
+            grads = {}
+            for g in opt.groups:
+                for name, p, a, b in zip(g.names, g.params, g.offsets, g.offsets[1:]):
+                    grads[name] = to_numpy(g.grad[a:b]).reshape(p.data.shape).copy()
+            out["grads"] = {n: grads[n] for n in model.named_parameters()}
+        opt.scale_grads(clip_coefficient(norm, clip))
+        lr = lr0 * linear_schedule(s, total, warmup)
+        opt.step(lr)
+        opt.zero_grad()
+        traj["loss_trajectory"].append(step_loss)
+        traj["learning_rates"].append(lr)
+        traj["grad_norms"].append(norm)
+        for k in stat_keys:
+            traj[k].append(step_stats[k][0] / step_stats[k][1])
+    result = dict(first)
+    result.update({"loss": out["loss"], "grad_norm": out["grad_norm"], "grads": out["grads"]})
+    result.update({k: host_np.asarray(v, dtype=host_np.float64) for k, v in traj.items()})
+    result["parameters_after"] = {n: to_numpy(p.data).copy() for n, p in model.named_parameters().items()}
+    return result
+
 
 #: This package's own implementation: `python -m vietnamese_ai_ref.conformance vietnamese_ai_ref.conformance:reference_adapter`.
 reference_adapter = ReferenceAdapter()
@@ -471,7 +649,44 @@ def _flatten(prefix: str, v, out: dict):
         out[prefix] = v
 
 
-def _run_trainer_case(adapter, case: dict, rtol: float, atol: float, rows: list):
+def _quantity_tolerance(leaf: str, case: dict, rtol: float, atol: float, override: dict | None) -> tuple:
+    """Tolerance of one dotted leaf of a trainer case: the longest matching prefix of the case's
+    `quantity_tolerances` over the case tolerance (rtol, atol); a CLI override beats both."""
+    best, tol = -1, {"rtol": rtol, "atol": atol}
+    for prefix, t in (case.get("quantity_tolerances") or {}).items():
+        if (leaf == prefix or leaf.startswith(prefix + ".")) and len(prefix) > best:
+            best, tol = len(prefix), {"rtol": rtol, "atol": atol, **t}
+    tol.update({k: v for k, v in (override or {}).items() if v is not None})
+    return float(tol["rtol"]), float(tol["atol"])
+
+
+def trainer_comparisons(got, case: dict, rtol: float, atol: float, override: dict | None = None) -> list:
+    """[(dotted leaf name, (ok, max_abs, max_rel, detail))] for every leaf of a trainer case's
+    `expected`, compared with the adapter's output `got` under the per-quantity tolerances."""
+    exp, act = {}, {}
+    _flatten("", decode(case["expected"]), exp)
+    _flatten("", got if isinstance(got, dict) else {}, act)
+    res = []
+    for k, e in exp.items():
+        rt, at = _quantity_tolerance(k, case, rtol, atol, override)
+        res.append((k, compare(act[k], e, rt, at) if k in act else (False, None, None, "missing")))
+    return res
+
+
+def trainer_errors(got, case: dict) -> dict:
+    """Largest absolute and relative error per quantity of a trainer case, {quantity: (max_abs, max_rel)}:
+    one entry per top-level key of `expected`, except that leaves with their own `quantity_tolerances`
+    entry are reported under that entry's name (the numbers spec/vectors/README.md quotes)."""
+    prefixes = sorted(case.get("quantity_tolerances") or {}, key=len, reverse=True)
+    out = {}
+    for leaf, r in trainer_comparisons(got, case, 0.0, 0.0, {"rtol": 0.0, "atol": 0.0}):
+        q = next((p for p in prefixes if leaf == p or leaf.startswith(p + ".")), leaf.split(".", 1)[0])
+        a, m = out.get(q, (0.0, 0.0))
+        out[q] = (max(a, math.inf if r[1] is None else r[1]), max(m, math.inf if r[2] is None else r[2]))
+    return out
+
+
+def _run_trainer_case(adapter, case: dict, rtol: float, atol: float, rows: list, override: dict | None = None):
     name = case["name"]
     impl = getattr(adapter, "run_trainer_vector", None)
     if not callable(impl):
@@ -482,13 +697,10 @@ def _run_trainer_case(adapter, case: dict, rtol: float, atol: float, rows: list)
     except Exception as e:  # noqa: BLE001
         rows.append(Row("FAIL", name, "trainer", detail=f"raised {type(e).__name__}: {e}"))
         return
-    exp, act = {}, {}
-    _flatten("", decode(case["expected"]), exp)
-    _flatten("", got if isinstance(got, dict) else {}, act)
-    res = []
-    for k, e in exp.items():
-        res.append((k, compare(act[k], e, rtol, atol) if k in act else (False, None, None, "missing")))
-    ok, ma, mr, detail = _merge(res)
+    if not isinstance(got, dict):
+        rows.append(Row("FAIL", name, "trainer", detail=f"run_trainer_vector() must return a dict, got {type(got).__name__}"))
+        return
+    ok, ma, mr, detail = _merge(trainer_comparisons(got, case, rtol, atol, override))
     rows.append(Row("OK" if ok else "FAIL", name, "trainer", ma, mr, detail))
 
 
@@ -527,7 +739,7 @@ def run(adapter, vectors_dir=None, only=None, rtol=None, atol=None) -> Report:
             matched = True
             rt, at = _tolerance(manifest, entry, fobj, case, override, trainer)
             if trainer:
-                _run_trainer_case(adapter, case, rt, at, report.rows)
+                _run_trainer_case(adapter, case, rt, at, report.rows, override)
             else:
                 _run_loss_case(adapter, PROTOCOL[function], case, rt, at, report.rows)
     if only and not matched:
