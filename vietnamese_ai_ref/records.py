@@ -59,7 +59,8 @@ def _check_list(data, name):
 
 def _text(r, i, key, *, allow_empty=False):
     if key not in r:
-        raise record_error(i, key, ("một chuỗi (thiếu khóa)", "a string (key missing)"), None)
+        raise DataError(f"bản ghi {i}, khóa '{key}': thiếu khóa (cần một chuỗi) "
+                        f"/ record {i}, key '{key}': key missing (expected a string)")
     v = r[key]
     if not isinstance(v, str):
         raise record_error(i, key, ("một chuỗi", "a string"), v)
