@@ -26,12 +26,12 @@ from .sft import SFTTrainer
 #: The demo's settings. `quick` is the shortened run the tests use (direction of each figure only).
 SETTINGS = {
     "full": {
-        "model": dict(n_layer=2, n_embd=96, n_head=4, n_positions=128),
-        "sft": dict(so_vong=12, kich_thuoc_batch=16, toc_do_hoc=3e-3, gradient_accumulation=1, warmup_ratio=0.05,
-                    weight_decay=0.01, logging_steps=5),
+        "model": dict(n_layer=2, n_embd=128, n_head=4, n_positions=128),
+        "sft": dict(so_vong=30, kich_thuoc_batch=16, toc_do_hoc=3e-3, gradient_accumulation=1, warmup_ratio=0.05,
+                    weight_decay=0.01, logging_steps=10),
         "reward": dict(toc_do_hoc=1e-3, kich_thuoc_batch=16, logging_steps=5, warmup_ratio=0.05),
         "reward_epochs": 4,
-        "dpo": dict(so_vong=3, kich_thuoc_batch=16, toc_do_hoc=1e-3, beta=0.1, gradient_accumulation=1,
+        "dpo": dict(so_vong=2, kich_thuoc_batch=16, toc_do_hoc=1e-4, beta=0.1, gradient_accumulation=1,
                     logging_steps=5),
         "max_new_tokens": 40,
     },
@@ -103,8 +103,8 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     show = held_prompts[:3]
     entries = []
 
-    def bar(stage, n, batch, accum, epochs):
-        return Progress(total_steps(n, batch, accum, epochs), stage, quiet, stage)
+    def bar(desc, n, batch, accum, epochs):
+        return Progress(total_steps(n, batch, accum, epochs), desc, quiet, desc.split()[-1].lower())
 
     model = TransformerLM(GPTConfig(seed=seed, **S["model"]))
     say(f"Mô hình / model: {model.num_parameters():,} tham số / parameters, {S['model']}")
