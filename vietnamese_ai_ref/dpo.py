@@ -14,7 +14,7 @@ from .backends import get_backend
 from .records import pad_batch, prepare_pairs
 from .sft import effective_max_len, resolve_tokenizer
 from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
-                       min_or_none, run_loop)
+                       run_loop)
 
 
 def pair_batch(examples, pad_id):
@@ -139,21 +139,7 @@ class DPOTrainer(TrainerBase):
             stat_keys=("chosen_rewards", "rejected_rewards", "reward_margin", "reward_accuracy"),
             callback=callback, checkpoint=ck, skip_nonfinite=skip,
             extra_state={"ref_logps": [[e["ref_chosen"], e["ref_rejected"]] for e in pairs]})
-        self._run = run
-        self._history = run["history"]
-        h = run["history"]
-        self._result = {
-            "tong_thoi_gian": run["time"],
-            "so_epoch": run["epochs_done"],
-            "global_step": run["global_step"],
-            "train_loss_min": min_or_none(h["train_loss"]),
-            "final_reward_margin": h["reward_margin"][-1] if h["reward_margin"] else None,
-            "history": {
-                "train_loss": list(h["train_loss"]),
-                "chosen_rewards": list(h["chosen_rewards"]),
-                "rejected_rewards": list(h["rejected_rewards"]),
-                "reward_margin": list(h["reward_margin"]),
-                "reward_accuracy": list(h["reward_accuracy"]),
-            },
-        }
-        return self._result
+        margins = run["history"]["reward_margin"]
+        return self._finish(run, ("train_loss", "chosen_rewards", "rejected_rewards", "reward_margin",
+                                  "reward_accuracy"),
+                            final_reward_margin=margins[-1] if margins else None)

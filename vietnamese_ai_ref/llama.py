@@ -388,6 +388,8 @@ class LlamaLM:
     eval = TransformerLM.eval
     __call__ = TransformerLM.__call__
     has_score_head = TransformerLM.has_score_head
+    add_score_head = TransformerLM.add_score_head  # score.weight (1, hidden_size): config.n_embd aliases it
+    score = TransformerLM.score  # last real token's hidden state @ score.weight.T
     generate = TransformerLM.generate
     sinh_van_ban = TransformerLM.sinh_van_ban
     _dropout = TransformerLM._dropout
@@ -524,33 +526,6 @@ class LlamaLM:
         return self._proj(m + "down_proj", h)  # (B, T, d)
 
     # -- reward head -----------------------------------------------------------------------
-    def add_score_head(self, seed: int | None = None) -> Parameter:
-        """Attach `score.weight` (1, hidden_size), init normal with std 1/sqrt(hidden_size+1) from a host RNG.
-
-        seed defaults to config.seed + 1. Returns the new Parameter. Raises if a head is attached.
-        """
-        if self.has_score_head:
-            raise ValueError("Mô hình đã có đầu điểm / the model already has a score head (score.weight)")
-        be = get_backend()
-        d = self.config.hidden_size
-        rng = be.host_rng(self.config.seed + 1 if seed is None else seed)
-        w = Parameter(be.asarray(rng.standard_normal((1, d)) / math.sqrt(d + 1)), name="score.weight")
-        self._params["score.weight"] = w
-        return w
-
-    def score(self, input_ids, attention_mask=None) -> Tensor:
-        """Scalar score per row (B,): hidden state of the last real token (index sum(mask)-1) @ score.weight."""
-        if not self.has_score_head:
-            raise ValueError("Chưa có đầu điểm / no score head: call add_score_head() first")
-        xp = get_backend().xp
-        ids, n_real = self._prepare(input_ids, attention_mask)
-        if bool((n_real == 0).any()):
-            raise ValueError("Hàng không có token thật / a row has no real token (attention_mask all 0)")
-        h = self._hidden(ids, n_real)  # (B, T, d)
-        B = ids.shape[0]
-        last = h[(xp.arange(B), n_real - 1)]  # (B, d)
-        return linear(last, self._params["score.weight"]).reshape(B)  # (B, 1) -> (B,)
-
     # -- generation (loop and sampling in generation.py) -------------------------------------
     def _hidden_cached(self, ids, n_new, cache: KVCache) -> Tensor:
         """Hidden states (B, S, d) of S new tokens per row appended after cache.lengths; updates the cache.

@@ -14,18 +14,25 @@ from .backends import get_backend
 from .records import DataError, encode_for_scoring, pad_batch, prepare_pairs
 from .sft import effective_max_len, resolve_tokenizer
 from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
-                       min_or_none, run_loop)
+                       run_loop)
 
 
 def score_ids(model, id_lists, batch_size, pad_id):
-    """Scores (host list of floats) of token-id lists, read at each row's last non-padding token."""
+    """Scores (host list of floats) of token-id lists, read at each row's last non-padding token.
+
+    Runs in eval mode without a graph; the model's mode is restored afterwards."""
     xp = get_backend().xp
     out = []
-    with no_grad():
-        for i in range(0, len(id_lists), batch_size):
-            ids, mask = pad_batch(id_lists[i:i + batch_size], pad_id)
-            s = model.score(xp.asarray(ids, dtype=xp.int64), xp.asarray(mask, dtype=xp.int64))
-            out.extend(float(v) for v in s.numpy().reshape(-1).tolist())
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for i in range(0, len(id_lists), batch_size):
+                ids, mask = pad_batch(id_lists[i:i + batch_size], pad_id)
+                s = model.score(xp.asarray(ids, dtype=xp.int64), xp.asarray(mask, dtype=xp.int64))
+                out.extend(float(v) for v in s.numpy().reshape(-1).tolist())
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -99,27 +106,10 @@ class RewardModel(TrainerBase):
             clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed),
             micro_step=micro_step, weight_of=lambda e: 1, stat_keys=("accuracy", "reward_margin"),
             callback=callback, checkpoint=ck, skip_nonfinite=skip)
-        self._run = run
-        self._history = run["history"]
-        h = run["history"]
-
-        was_training = model.training
-        model.eval()
         chosen = score_ids(model, [e["chosen_ids"] for e in pairs], self.kich_thuoc_batch, pad)
         rejected = score_ids(model, [e["rejected_ids"] for e in pairs], self.kich_thuoc_batch, pad)
-        if was_training:
-            model.train()
-        final_accuracy = losses.reward_accuracy(chosen, rejected)
-        self._result = {
-            "tong_thoi_gian": run["time"],
-            "so_epoch": run["epochs_done"],
-            "global_step": run["global_step"],
-            "train_loss_min": min_or_none(h["train_loss"]),
-            "final_accuracy": final_accuracy,
-            "history": {k: list(h[k]) for k in ("train_loss", "accuracy", "reward_margin", "learning_rate",
-                                                 "grad_norm")},
-        }
-        return self._result
+        return self._finish(run, ("train_loss", "accuracy", "reward_margin", "learning_rate", "grad_norm"),
+                            final_accuracy=losses.reward_accuracy(chosen, rejected))
 
     def diem_danh_gia(self, model, cac_van_ban) -> list:
         """Chấm điểm văn bản / score texts. Returns, in input order, dicts with van_ban, score
@@ -144,11 +134,7 @@ class RewardModel(TrainerBase):
         tok = resolve_tokenizer(None, model)
         max_len = effective_max_len(self.max_seq_length, model)
         ids = [encode_for_scoring(t, tok, max_len) for t in cac_van_ban]
-        was_training = model.training
-        model.eval()
         scores = score_ids(model, ids, self.kich_thuoc_batch, tok.pad_token_id)
-        if was_training:
-            model.train()
         normalized = losses.normalize_scores(scores)
         return [{"van_ban": t, "score": s, "score_normalized": float(z)}
                 for t, s, z in zip(cac_van_ban, scores, normalized)]
@@ -158,9 +144,4 @@ class RewardModel(TrainerBase):
         tok = resolve_tokenizer(None, model)
         max_len = effective_max_len(self.max_seq_length, model)
         ids = [encode_for_scoring(r, tok, max_len, prompt=p) for p, r in zip(prompts, responses)]
-        was_training = model.training
-        model.eval()
-        out = score_ids(model, ids, self.kich_thuoc_batch, tok.pad_token_id)
-        if was_training:
-            model.train()
-        return out
+        return score_ids(model, ids, self.kich_thuoc_batch, tok.pad_token_id)

@@ -112,20 +112,6 @@ class SFTTrainer(TrainerBase):
         run = run_loop(model=model, examples=train, settings=self._settings(), micro_step=micro_step,
                        weight_of=n_targets, callback=callback, evaluate=evaluate, checkpoint=ck,
                        skip_nonfinite=skip)
-        self._run = run
-        self._history = run["history"]
         h = run["history"]
-        self._result = {
-            "tong_thoi_gian": run["time"],
-            "so_epoch": run["epochs_done"],
-            "global_step": run["global_step"],
-            "train_loss_min": min_or_none(h["train_loss"]),
-            "eval_loss_min": min_or_none(h["eval_loss"]) if val is not None else None,
-            "history": {
-                "train_loss": list(h["train_loss"]),
-                "eval_loss": list(h.get("eval_loss", [])),
-                "learning_rate": list(h["learning_rate"]),
-                "grad_norm": list(h["grad_norm"]),
-            },
-        }
-        return self._result
+        return self._finish(run, ("train_loss", "eval_loss", "learning_rate", "grad_norm"),
+                            eval_loss_min=min_or_none(h["eval_loss"]) if val is not None else None)

@@ -405,6 +405,22 @@ class TrainerBase:
         self._history: dict = {}
         self._run: dict | None = None
 
+    def _finish(self, run: dict, history_keys, **extra) -> dict:
+        """Record a finished run and build the result every trainer returns: the seeds' common keys,
+        the trainer's own (`extra`), and `history` restricted to `history_keys`."""
+        self._run = run
+        self._history = run["history"]
+        h = run["history"]
+        self._result = {
+            "tong_thoi_gian": run["time"],
+            "so_epoch": run["epochs_done"],
+            "global_step": run["global_step"],
+            "train_loss_min": min_or_none(h["train_loss"]),
+            **extra,
+            "history": {k: list(h.get(k, [])) for k in history_keys},
+        }
+        return self._result
+
     def _checkpoint_options(self, kind, *, thu_muc_checkpoint=None, luu_moi=None, giu_lai=2, tiep_tuc_tu=None,
                             bo_qua_batch_loi=False):
         """Check the checkpoint/resume keywords of huan_luyen (before any compute) and read the checkpoint
