@@ -283,11 +283,9 @@ class TrainingCheckpoint:
         if rng_state is None or rng_state.get("state") is None:
             model._dropout_rng = None
         else:
-            rng = get_backend().rng(model.config.seed)
-            try:
-                rng.bit_generator.state = rng_state["state"]
-            except Exception:  # a backend whose generator state cannot be set (CuPy): restart the stream
-                pass
+            be = get_backend()
+            rng = be.rng(model.config.seed)
+            be.set_rng_state(rng, rng_state["state"])  # False on CuPy (state lives on the device): the stream restarts
             model._dropout_rng = rng
 
     def restore_optimizer(self, opt) -> None:
@@ -423,10 +421,7 @@ def dropout_rng_state(model):
     rng = getattr(model, "_dropout_rng", None)
     if rng is None:
         return None
-    try:
-        return {"state": rng.bit_generator.state}
-    except Exception:
-        return {"state": None}
+    return {"state": get_backend().rng_state(rng)}
 
 
 def write_checkpoint(directory, *, identity, loop_state, model, opt, rng_state=None, extra=None,

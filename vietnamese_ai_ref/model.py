@@ -186,6 +186,93 @@ def _blocked_keys(xp, start, n_new, S: int, Tk: int):
     return ~allowed[:, None, :, :]  # (B, 1, S, Tk)
 
 
+# ============================ fused ops (performance) ===========================================
+# Each is one autograd node computing exactly what the composition of basic ops it replaces computes,
+# up to float rounding, with as few and as large GEMMs as possible and no zero-filled scatter buffers.
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x (..., k) @ w (k, n) + b (n,): one 2-D GEMM over all leading axes, the bias added in place.
+
+    Backward: dx = g @ w.T, dw = x.T @ g, db = g summed over rows, each one 2-D GEMM / reduction.
+    """
+    xp = get_backend().xp
+    xd, wd = x.data, w.data
+    k, n = wd.shape
+    X = xd.reshape(-1, k)  # (N, k)
+    Y = xp.matmul(X, wd)  # (N, n)
+    if b is not None:
+        Y += b.data
+
+    def backward(g):
+        G = g.reshape(-1, n)  # (N, n)
+        gx = xp.matmul(G, wd.T).reshape(xd.shape) if x.requires_grad else None
+        gw = xp.matmul(X.T, G) if w.requires_grad else None
+        gb = G.sum(axis=0) if (b is not None and b.requires_grad) else None
+        return gx, gw, gb
+
+    parents = (x, w) if b is None else (x, w, b)
+    return ag._result(Y.reshape(xd.shape[:-1] + (n,)), parents, backward)
+
+
+def _linear_t(x: Tensor, w: Tensor) -> Tensor:
+    """x (..., k) @ w.T for w (n, k) (the tied LM head): 2-D GEMMs, dw = g.T @ x laid out like w."""
+    xp = get_backend().xp
+    xd, wd = x.data, w.data
+    n, k = wd.shape
+    X = xd.reshape(-1, k)  # (N, k)
+    Y = xp.matmul(X, wd.T)  # (N, n)
+
+    def backward(g):
+        G = g.reshape(-1, n)  # (N, n)
+        gx = xp.matmul(G, wd).reshape(xd.shape) if x.requires_grad else None
+        gw = xp.matmul(G.T, X) if w.requires_grad else None  # (n, k), C-contiguous like w
+        return gx, gw
+
+    return ag._result(Y.reshape(xd.shape[:-1] + (n,)), (x, w), backward)
+
+
+def _causal_attention(qkv: Tensor, blocked, n_head: int) -> Tensor:
+    """softmax(mask(q k^T / sqrt(hd))) v for the fused qkv (B, T, 3d) -> (B, T, d), heads side by side.
+
+    The same computation as split + reshape/transpose + matmul + scale + masked_fill + softmax +
+    matmul + transpose/reshape, as one node: q, k, v are strided views of qkv (no copies), the scores
+    are scaled, masked and normalised in place, att @ v is written straight into the (B, T, H, hd)
+    layout, and the backward writes dq, dk, dv into one (B, T, 3d) gradient (no zero-filled slices).
+    Blocked positions have probability exactly 0, so their gradient is 0 without a mask pass.
+    """
+    be = get_backend()
+    xp, kern = be.xp, be.kernels
+    Q = qkv.data
+    B, T, d3 = Q.shape
+    d = d3 // 3
+    hd = d // n_head
+    heads = Q.reshape(B, T, 3, n_head, hd)
+    q = heads[:, :, 0].transpose(0, 2, 1, 3)  # (B, H, T, hd) views
+    k = heads[:, :, 1].transpose(0, 2, 1, 3)
+    v = heads[:, :, 2].transpose(0, 2, 1, 3)
+    scale = 1.0 / math.sqrt(hd)
+    att = xp.matmul(q, k.transpose(0, 1, 3, 2))  # (B, H, T, T)
+    att *= scale
+    xp.copyto(att, float(xp.finfo(att.dtype).min), where=blocked)
+    kern.softmax_forward(att, axis=-1, out=att)
+    y = xp.empty((B, T, d), dtype=Q.dtype)
+    xp.matmul(att, v, out=y.reshape(B, T, n_head, hd).transpose(0, 2, 1, 3))
+
+    def backward(g):
+        gy = g.reshape(B, T, n_head, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+        dqkv = xp.empty((B, T, 3, n_head, hd), dtype=g.dtype)
+        dq, dk, dv = (dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))
+        xp.matmul(att.transpose(0, 1, 3, 2), gy, out=dv)
+        datt = xp.matmul(gy, v.transpose(0, 1, 3, 2))  # (B, H, T, T)
+        kern.softmax_backward(datt, att, axis=-1, out=datt)
+        datt *= scale
+        xp.matmul(datt, k, out=dq)
+        xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)
+        return (dqkv.reshape(B, T, d3),)
+
+    return ag._result(y, (qkv,), backward)
+
+
 # ============================ the model ========================================================
 
 class TransformerLM:
@@ -281,7 +368,7 @@ class TransformerLM:
     def forward(self, input_ids, attention_mask=None) -> Tensor:
         """Logits (B, T, vocab_size) for input_ids (B, T); attention_mask (B, T) is right padding (1 real, 0 pad)."""
         h = self.hidden_states(input_ids, attention_mask)  # (B, T, d)
-        return h @ self._params["wte.weight"].T  # (B, T, V): head tied to wte
+        return _linear_t(h, self._params["wte.weight"])  # (B, T, V) = h @ wte.T: head tied to wte
 
     def hidden_states(self, input_ids, attention_mask=None) -> Tensor:
         """Final hidden states (B, T, n_embd), after ln_f (what the LM head and the reward head read)."""
@@ -314,35 +401,38 @@ class TransformerLM:
         a = f"h.{i}.attn."
         B, T, d = x.shape
         H, hd = cfg.n_head, cfg.head_size
-        qkv = x @ p[a + "c_attn.weight"] + p[a + "c_attn.bias"]  # (B, T, 3d)
-        q, k, v = ag.split(qkv, 3, axis=-1)  # 3 x (B, T, d)
-        q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
-        k = k.reshape(B, T, H, hd)  # (B, T, H, hd)
-        v = v.reshape(B, T, H, hd)  # (B, T, H, hd)
-        if cache is None:
-            k = k.transpose(0, 2, 1, 3)  # (B, H, T, hd)
-            v = v.transpose(0, 2, 1, 3)  # (B, H, T, hd)
-        else:  # generation: store the new keys/values at their slots, attend over the filled prefix
-            rows = xp.arange(B)[:, None]  # (B, 1)
-            cache.k[i][rows, :, slots] = k.data  # (B, T, H, hd) into slots (B, T) of (B, H, C, hd)
-            cache.v[i][rows, :, slots] = v.data
-            Tk = blocked.shape[-1]
-            k = Tensor(cache.k[i][:, :, :Tk])  # (B, H, Tk, hd)
-            v = Tensor(cache.v[i][:, :, :Tk])  # (B, H, Tk, hd)
-        att = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hd))  # (B, H, T, Tk)
-        att = ag.masked_fill(att, blocked, float(xp.finfo(att.dtype).min))
-        att = ag.softmax(att, axis=-1)
-        att = self._dropout(att, cfg.attn_pdrop)
-        y = att @ v  # (B, H, T, hd)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, d)  # (B, T, d): heads side by side
-        y = y @ p[a + "c_proj.weight"] + p[a + "c_proj.bias"]  # (B, T, d)
+        qkv = _linear(x, p[a + "c_attn.weight"], p[a + "c_attn.bias"])  # (B, T, 3d)
+        if cache is None and not (self.training and cfg.attn_pdrop > 0.0):
+            y = _causal_attention(qkv, blocked, H)  # (B, T, d): the fused form of the lines below
+        else:
+            q, k, v = ag.split(qkv, 3, axis=-1)  # 3 x (B, T, d)
+            q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+            k = k.reshape(B, T, H, hd)  # (B, T, H, hd)
+            v = v.reshape(B, T, H, hd)  # (B, T, H, hd)
+            if cache is None:
+                k = k.transpose(0, 2, 1, 3)  # (B, H, T, hd)
+                v = v.transpose(0, 2, 1, 3)  # (B, H, T, hd)
+            else:  # generation: store the new keys/values at their slots, attend over the filled prefix
+                rows = xp.arange(B)[:, None]  # (B, 1)
+                cache.k[i][rows, :, slots] = k.data  # (B, T, H, hd) into slots (B, T) of (B, H, C, hd)
+                cache.v[i][rows, :, slots] = v.data
+                Tk = blocked.shape[-1]
+                k = Tensor(cache.k[i][:, :, :Tk])  # (B, H, Tk, hd)
+                v = Tensor(cache.v[i][:, :, :Tk])  # (B, H, Tk, hd)
+            att = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hd))  # (B, H, T, Tk)
+            att = ag.masked_fill(att, blocked, float(xp.finfo(att.dtype).min))
+            att = ag.softmax(att, axis=-1)
+            att = self._dropout(att, cfg.attn_pdrop)
+            y = att @ v  # (B, H, T, hd)
+            y = y.transpose(0, 2, 1, 3).reshape(B, T, d)  # (B, T, d): heads side by side
+        y = _linear(y, p[a + "c_proj.weight"], p[a + "c_proj.bias"])  # (B, T, d)
         return self._dropout(y, cfg.resid_pdrop)
 
     def _mlp(self, i: int, x: Tensor) -> Tensor:
         p = self._params
         m = f"h.{i}.mlp."
-        x = ag.gelu(x @ p[m + "c_fc.weight"] + p[m + "c_fc.bias"])  # (B, T, 4d)
-        x = x @ p[m + "c_proj.weight"] + p[m + "c_proj.bias"]  # (B, T, d)
+        x = ag.gelu(_linear(x, p[m + "c_fc.weight"], p[m + "c_fc.bias"]))  # (B, T, 4d)
+        x = _linear(x, p[m + "c_proj.weight"], p[m + "c_proj.bias"])  # (B, T, d)
         return self._dropout(x, self.config.resid_pdrop)
 
     def _dropout(self, x: Tensor, prob: float) -> Tensor:

@@ -43,11 +43,19 @@ class _Group:
 
     def gather_grads(self):
         """Copy each parameter's .grad into the flat gradient buffer (zeros where a grad is None)."""
-        for p, a, b in zip(self.params, self.offsets, self.offsets[1:]):
-            if p.grad is None:
-                self.grad[a:b] = 0
-            else:
-                self.grad[a:b] = p.grad.reshape(-1)
+        spans = list(zip(self.params, self.offsets, self.offsets[1:]))
+
+        def copy(part):  # the pieces of the parameters that fall inside `part` of the flat buffer
+            for p, a, b in spans:
+                lo, hi = max(a, part.start), min(b, part.stop)
+                if lo >= hi:
+                    continue
+                if p.grad is None:
+                    self.grad[lo:hi] = 0
+                else:
+                    self.grad[lo:hi] = p.grad.reshape(-1)[lo - a:hi - a]
+
+        get_backend().kernels.parallel_parts(copy, self.offsets[-1])  # threads for large models
 
 
 class AdamW:
@@ -82,8 +90,11 @@ class AdamW:
         return math.sqrt(sum(float(xp.dot(g.grad, g.grad)) for g in self.groups))
 
     def scale_grads(self, coef: float):
+        if coef == 1.0:  # multiplying by exactly 1 changes nothing: skip the pass over every gradient
+            return
+        xp, k = get_backend().xp, get_backend().kernels
         for g in self.groups:
-            g.grad *= coef
+            k.parallel_parts(lambda s, grad=g.grad: xp.multiply(grad[s], coef, out=grad[s]), g.grad.shape[0])
 
     def step(self, lr: float):
         """One update with learning rate `lr` from the gathered gradients."""
