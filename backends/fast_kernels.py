@@ -1,23 +1,25 @@
 """Optional fused CPU kernels, compiled with numba: the accelerated provider of the kernels layer.
 
-What it is for: single-pass, multi-threaded versions of the hot kernels of `backends/kernels.py` for
-the NumPy backend — LayerNorm forward/backward, GELU (tanh form) forward/backward, softmax
-forward/backward (last axis), cross-entropy forward/backward and the AdamW update. Each reads its
-inputs once and writes its output once (the NumPy reference needs 5-15 passes per kernel), and splits
-rows (or blocks of a flat buffer) over numba's threads (`NUMBA_NUM_THREADS`; small inputs run on one
-thread, where waking the pool would cost more than it saves). Compiled with `cache=True`: the first
-use compiles (tens of seconds), later processes load the cache from `__pycache__`.
+What it is for: single-pass versions of the hot kernels of `backends/kernels.py` for the NumPy
+backend — LayerNorm forward/backward, GELU (tanh form) forward/backward, softmax forward/backward (last
+axis), cross-entropy forward/backward and the AdamW update. Each reads its inputs once and writes its
+output once (the NumPy reference needs 5-15 passes per kernel), in SIMD loops. Inputs of at least
+PARALLEL_MIN elements are split over numba's threads (`NUMBA_NUM_THREADS`, workqueue layer); smaller
+ones run on the calling thread. Compiled with `cache=True`: the first use compiles (a few seconds),
+later processes load the cache from `__pycache__` (or numba's user cache where that is read-only).
 
-Selected with `VIETNAMESE_AI_KERNELS=fast` (the default stays the reference kernels; see
-kernels.KernelNamespace), recorded in `KernelNamespace.accelerated` as kernel name -> "numba".
+Selected with `VIETNAMESE_AI_KERNELS=fast` (or `auto`: when numba imports); the default stays the
+reference kernels (see kernels.KernelNamespace). Recorded in `KernelNamespace.accelerated` as kernel
+name -> "numba".
 
 Accuracy (tests/test_kernels_fast.py holds every kernel to the reference kernels):
   - float64: the same formulas with libm's exp/tanh; agrees with the reference to <= 1e-12 relative.
     Row sums (means, variances, logsumexp) are vectorised, so their rounding order differs.
-  - float32: exp and tanh are vectorisable polynomial approximations (Cephes' expf and tanhf), a few ulp from the correctly rounded values; row sums accumulate in float64 (more
-    accurate than the reference's float32 sums). See tests/test_kernels_fast.py for the
-    documented tolerances; AdamW is computed with the reference's operations in the same order and
-    is bit-identical to it in both dtypes.
+  - float32: exp and tanh are vectorisable polynomial approximations (Cephes' expf and tanhf, <= 2 ulp);
+    row sums accumulate in float64 blocks (more accurate than the reference's float32 sums). The
+    results stay within the float32 reference's own rounding error (the tests state the tolerances).
+  - AdamW uses the reference's operations in the reference's order, without fast-math: bit-identical
+    to the reference kernel in both dtypes.
 Arrays stay in their dtype: scalars are cast to the array's dtype before the call, so float32 work
 never silently becomes float64 (only the row-sum accumulators above are float64, by design).
 

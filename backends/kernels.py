@@ -9,9 +9,12 @@ the reference (tests/test_kernels.py holds them to it).
 Performance notes (the results are the textbook formulas up to float rounding): on NumPy each
 kernel walks its arrays in blocks of about `BLOCK` elements, so that the temporaries of its 5-15
 elementwise passes stay in the CPU cache, and writes into preallocated outputs (`out=`) instead of
-allocating one array per operation. On CuPy the whole array is one block (one launch per pass).
-Nothing is ever computed in a wider float type than the input's: scalars are Python floats, which
-NumPy's promotion rules (NEP 50) keep at the array's precision.
+allocating one array per operation; sums over short rows are matrix-vector products (BLAS). Large
+flat updates (AdamW of big models; see `parallel_parts`) are split over a few Python threads, which
+run concurrently because NumPy releases the GIL inside each ufunc; every element sees the same
+operations whatever the split, so results do not depend on the thread count. On CuPy the whole array
+is one block (one launch per pass). Nothing is ever computed in a wider float type than the input's:
+scalars are Python floats, which NumPy's promotion rules (NEP 50) keep at the array's precision.
 
 Accelerated kernels: `VIETNAMESE_AI_KERNELS=fast` (NumPy backend only) replaces the kernels that
 `backends/fast_kernels.py` provides with numba-compiled ones (the `fast` extra); the names replaced
