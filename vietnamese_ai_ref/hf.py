@@ -22,7 +22,7 @@ import shutil
 import struct
 import tempfile
 
-from .autograd import Parameter, Tensor
+from .autograd import Parameter
 from .backends import get_backend, host_np
 from .llama import MODEL_TYPES, LlamaConfig, LlamaLM, param_specs
 from .model import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _fsync_dir, _fsync_file,
@@ -137,28 +137,10 @@ def _read_json(path) -> dict:
 def assign_arrays(expected: dict, named: dict) -> dict:
     """Backend arrays in `expected` order from {name: (file key, array)}; strict names and shapes.
 
-    Missing tensors, unexpected tensors and wrong shapes raise CheckpointError naming every one.
+    Missing tensors, unexpected tensors and wrong shapes raise CheckpointError naming every one
+    (model._assign, with our names shown as they are: Llama names are already transformers' names).
     """
-    be = get_backend()
-    missing = [n for n in expected if n not in named]
-    if missing:
-        raise CheckpointError("Thiếu tensor / missing tensor: " + ", ".join(missing))
-    unexpected = [named[n][0] for n in named if n not in expected]
-    if unexpected:
-        raise CheckpointError("Tensor không mong đợi / unexpected tensor: " + ", ".join(unexpected))
-    out = {}
-    for n, shape in expected.items():
-        key, arr = named[n]
-        arr_shape = tuple(getattr(arr, "shape", ()))
-        if arr_shape != tuple(shape):
-            raise CheckpointError(
-                f"Sai kích thước tensor / wrong shape for tensor {key}: expected {tuple(shape)}, found {arr_shape}"
-            )
-        host = be.to_numpy(arr.data if isinstance(arr, Tensor) else arr)
-        if host.dtype.kind != "f":
-            raise CheckpointError(f"Tensor {key} phải là số thực / must be floating point, found dtype {host.dtype}")
-        out[n] = be.asarray(host.astype(be.dtype, copy=True))
-    return out
+    return _assign(expected, named, display=str)
 
 
 # ============================ config.json of the Llama family ==================================

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from . import autograd as ag
 from .autograd import Parameter, Tensor, _result, no_grad
 from .backends import get_backend
-from .model import KVCache, TransformerLM
+from .model import GPTConfig, KVCache, TransformerLM
 from .tokenizer import ByteTokenizer
 
 __all__ = [
@@ -149,17 +149,8 @@ class LlamaConfig:
     def n_kv_head(self) -> int:
         return self.num_key_value_heads
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LlamaConfig":
-        """Build from a dict of field values; an unknown key raises ValueError naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ValueError(f"Khoá cấu hình không xác định / unknown config key: {k!r}")
-        return cls(**d)
+    to_dict = GPTConfig.to_dict
+    from_dict = classmethod(GPTConfig.from_dict.__func__)  # unknown key -> ValueError naming it
 
 
 def normalize_rope_scaling(rs):
