@@ -18,7 +18,6 @@ a convenience (real use loads weights with `hf.from_pretrained`).
 from __future__ import annotations
 
 import copy as _copy
-import dataclasses
 import math
 from dataclasses import dataclass
 
