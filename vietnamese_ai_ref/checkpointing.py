@@ -40,7 +40,7 @@ import time
 import uuid
 
 from .backends import get_backend, host_np
-from .model import CheckpointError
+from .model import CheckpointError, _fsync_dir
 
 __all__ = [
     "FORMAT_VERSION", "DEFAULT_SAVE_EVERY", "DEFAULT_KEEP", "INTERRUPT_DIR", "CheckpointError",
@@ -380,24 +380,11 @@ def load_checkpoint(path) -> TrainingCheckpoint:
 # writing
 # ---------------------------------------------------------------------------------------------
 
-def _fsync(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: str) -> None:
     for d, _dirs, files in os.walk(root):
         for f in files:
-            _fsync(os.path.join(d, f))
-        _fsync(d)
+            _fsync_dir(os.path.join(d, f))  # opens read-only and fsyncs: files and folders alike
+        _fsync_dir(d)
 
 
 def _remove_dir(path: str) -> None:
@@ -474,7 +461,7 @@ def write_checkpoint(directory, *, identity, loop_state, model, opt, rng_state=N
         if os.path.lexists(final):  # a checkpoint of the same step (a resumed run, or the final save)
             _remove_dir(final)
         os.rename(tmp, final)
-        _fsync(directory)
+        _fsync_dir(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
