@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 
 from .autograd import Parameter
 from .backends import get_backend, host_np
 from .llama import MODEL_TYPES, LlamaConfig, LlamaLM, param_specs
-from .model import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _fsync_dir, _fsync_file,
-                    _from_file_keys, _read_config_json, _replace_dir)
+from .model import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _from_file_keys,
+                    _read_config_json, write_checkpoint_dir)
 from .tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
 
 __all__ = [
@@ -448,39 +446,12 @@ def save_pretrained(model, path) -> None:
     if not isinstance(model, LlamaLM):
         raise TypeError(f"save_pretrained cần TransformerLM hoặc LlamaLM / needs a TransformerLM or LlamaLM, "
                         f"got {type(model).__name__}")
-    from safetensors.numpy import save_file
-
     be = get_backend()
-    path = os.path.abspath(os.fspath(path))
-    parent, name = os.path.split(path)
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise CheckpointError(f"Đường dẫn đã tồn tại và không phải thư mục / path exists and is not a directory: {path}")
-    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
-        raise CheckpointError(
-            f"Không ghi đè thư mục không phải checkpoint / refusing to replace a non-empty directory "
-            f"without {CONFIG_NAME}: {path}"
-        )
     tensors = {n: host_np.ascontiguousarray(be.to_numpy(p.data)) for n, p in model.named_parameters().items()}
     dtype = str(next(iter(tensors.values())).dtype)
     config_json = llama_config_to_hf(model.config, dtype=dtype, score_head=model.has_score_head,
                                      tokenizer=model.tokenizer)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(config_json, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-        if hasattr(model.tokenizer, "save"):
-            model.tokenizer.save(tmp)
-        for fname in os.listdir(tmp):
-            _fsync_file(os.path.join(tmp, fname))
-        _fsync_dir(tmp)
-        _replace_dir(tmp, path)
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_checkpoint_dir(path, config_json, tensors, model.tokenizer)
 
 
 tai_mo_hinh = from_pretrained  # tải mô hình: load a model

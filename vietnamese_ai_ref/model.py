@@ -563,38 +563,12 @@ class TransformerLM:
         fsynced, then renamed into place; an existing checkpoint at `path` is replaced only once the
         new one is complete. An existing non-empty directory without config.json is never replaced.
         """
-        from safetensors.numpy import save_file
-
         be = get_backend()
-        path = os.path.abspath(os.fspath(path))
-        parent, name = os.path.split(path)
-        if os.path.lexists(path) and not os.path.isdir(path):
-            raise CheckpointError(f"Đường dẫn đã tồn tại và không phải thư mục / path exists and is not a directory: {path}")
-        if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
-            raise CheckpointError(
-                f"Không ghi đè thư mục không phải checkpoint / refusing to replace a non-empty directory "
-                f"without {CONFIG_NAME}: {path}"
-            )
-        os.makedirs(parent, exist_ok=True)
         tensors = {
             _to_file_key(n): host_np.ascontiguousarray(be.to_numpy(p.data)) for n, p in self._params.items()
         }
         dtype = str(next(iter(tensors.values())).dtype)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-        try:
-            with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump(self._config_json(dtype), f, ensure_ascii=False, indent=2)
-                f.write("\n")
-            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-            self.tokenizer.save(tmp)
-            for fname in os.listdir(tmp):
-                _fsync_file(os.path.join(tmp, fname))
-            _fsync_dir(tmp)
-            _replace_dir(tmp, path)
-            _fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_checkpoint_dir(path, self._config_json(dtype), tensors, self.tokenizer)
 
     luu = save  # lưu: save
 
@@ -797,6 +771,42 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_checkpoint_dir(path, config_json: dict, tensors: dict, tokenizer) -> None:
+    """Write config.json, model.safetensors (host arrays) and the tokenizer's files (when it can save)
+    into a directory at `path`, atomically: a temporary sibling directory, fsync, then rename.
+
+    An existing checkpoint at `path` is replaced only once the new one is complete; an existing
+    non-empty directory without config.json, or a plain file, is never replaced."""
+    from safetensors.numpy import save_file
+
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"Đường dẫn đã tồn tại và không phải thư mục / path exists and is not a directory: {path}")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        raise CheckpointError(
+            f"Không ghi đè thư mục không phải checkpoint / refusing to replace a non-empty directory "
+            f"without {CONFIG_NAME}: {path}"
+        )
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(config_json, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+        if hasattr(tokenizer, "save"):
+            tokenizer.save(tmp)
+        for fname in os.listdir(tmp):
+            _fsync_file(os.path.join(tmp, fname))
+        _fsync_dir(tmp)
+        _replace_dir(tmp, path)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _replace_dir(src: str, dst: str) -> None:
