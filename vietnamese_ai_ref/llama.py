@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from . import autograd as ag
 from .autograd import Parameter, Tensor, _result, no_grad
 from .backends import get_backend
-from .model import GPTConfig, KVCache, TransformerLM
+from .model import GPTConfig, KVCache, TransformerLM, _check_tokenizer
 from .tokenizer import ByteTokenizer
 
 __all__ = [
@@ -357,19 +357,8 @@ class LlamaLM:
         self._dropout_rng = None  # backend RNG seeded by config.seed, created on first use
         self._params = {name: Parameter(arr, name=name) for name, arr in _init_arrays(self.config).items()}
 
-    @classmethod
-    def _blank(cls, config: LlamaConfig, tokenizer) -> "LlamaLM":
-        """A model object without parameters (copy and hf.from_pretrained fill them in)."""
-        m = cls.__new__(cls)
-        m.config = config
-        m.tokenizer = tokenizer
-        _check_tokenizer(config, tokenizer)
-        m.training = True
-        m._dropout_rng = None
-        m._params = {}
-        return m
-
     # -- shared with TransformerLM (these methods only read config.n_positions/vocab_size/seed and _params)
+    _blank = classmethod(TransformerLM._blank.__func__)  # a parameterless model (copy, from_pretrained)
     parameters = TransformerLM.parameters
     num_parameters = TransformerLM.num_parameters
     zero_grad = TransformerLM.zero_grad
@@ -571,9 +560,3 @@ class LlamaLM:
 
     tai = load  # tải: load
 
-
-def _check_tokenizer(cfg: LlamaConfig, tok) -> None:
-    if tok.vocab_size > cfg.vocab_size:
-        raise ValueError(
-            f"Tokenizer lớn hơn mô hình / tokenizer vocab_size {tok.vocab_size} > config.vocab_size {cfg.vocab_size}"
-        )
