@@ -160,37 +160,20 @@ def build_items() -> dict[str, list[dict]]:
     fam: dict[str, list[dict]] = {}
     calc = ["Tự tính đi.", "Không biết.", "Chịu.", "Hỏi làm gì?"]
 
-    items = []
-    for a in range(6):
-        for b in range(6):
-            s = a + b
-            wrong = _near_wrong_numbers(s)
-            items.append({
-                "core": f"{a} + {b} = {s}",
-                "wrong_values": [str(w) for w in wrong],
-                "wrong_cores": [f"{a} + {b} = {w}" for w in wrong],
-                "prompts": [f"Tính {a} + {b}.", f"{a} + {b} bằng mấy?", f"{a} cộng {b} bằng bao nhiêu?",
-                            f"{a} cộng {b} là mấy?"],
-                "input_prompts": [("Tính phép cộng.", f"{a} + {b}")],
-                "refusals": calc,
-            })
-    fam["cong"] = items
+    def arith(a: int, b: int, value: int, sym: str, word: str, task: str) -> dict:
+        wrong = _near_wrong_numbers(value)
+        return {
+            "core": f"{a} {sym} {b} = {value}",
+            "wrong_values": [str(w) for w in wrong],
+            "wrong_cores": [f"{a} {sym} {b} = {w}" for w in wrong],
+            "prompts": [f"Tính {a} {sym} {b}.", f"{a} {sym} {b} bằng mấy?", f"{a} {word} {b} bằng bao nhiêu?",
+                        f"{a} {word} {b} là mấy?"],
+            "input_prompts": [(task, f"{a} {sym} {b}")],
+            "refusals": calc,
+        }
 
-    items = []
-    for a in range(10):
-        for b in range(min(a, 3) + 1):
-            d = a - b
-            wrong = _near_wrong_numbers(d)
-            items.append({
-                "core": f"{a} - {b} = {d}",
-                "wrong_values": [str(w) for w in wrong],
-                "wrong_cores": [f"{a} - {b} = {w}" for w in wrong],
-                "prompts": [f"Tính {a} - {b}.", f"{a} - {b} bằng mấy?", f"{a} trừ {b} bằng bao nhiêu?",
-                            f"{a} trừ {b} là mấy?"],
-                "input_prompts": [("Tính phép trừ.", f"{a} - {b}")],
-                "refusals": calc,
-            })
-    fam["tru"] = items
+    fam["cong"] = [arith(a, b, a + b, "+", "cộng", "Tính phép cộng.") for a in range(6) for b in range(6)]
+    fam["tru"] = [arith(a, b, a - b, "-", "trừ", "Tính phép trừ.") for a in range(10) for b in range(min(a, 3) + 1)]
 
     items = []
     cities = [c for _, c in CAPITALS]
