@@ -198,13 +198,17 @@ class Ours:
         logits = self.model(self.ids, attention_mask=self.mask)
         return losses.sft_loss(logits, self.labels, num_items_in_batch=self.n_items)
 
-    def sft_step(self):
+    def _step(self, loss_fn):
+        """One optimiser step as the trainers take it: zero grads, loss, backward, update."""
         self.opt.zero_grad()
-        loss = self.sft_loss()
+        loss = loss_fn()
         loss.backward()
         value = loss.item()
         self._update()
         return value
+
+    def sft_step(self):
+        return self._step(self.sft_loss)
 
     def dpo_setup(self, pairs):
         xp = self.be.xp
@@ -224,12 +228,7 @@ class Ours:
         return per_pair.sum() / self.B
 
     def dpo_step(self):
-        self.opt.zero_grad()
-        loss = self.dpo_loss()
-        loss.backward()
-        value = loss.item()
-        self._update()
-        return value
+        return self._step(self.dpo_loss)
 
     def generate(self, prompts, new_tokens):
         out = self.model.generate(prompts, max_new_tokens=new_tokens, use_cache=True, eos_token_id=-1)
@@ -333,13 +332,16 @@ class Torch:
         self.torch.nn.utils.clip_grad_norm_(self.params, CLIP)
         self.opt.step()
 
-    def sft_step(self):
+    def _step(self, loss_fn):
         self.opt.zero_grad(set_to_none=True)
-        loss = self.sft_loss()
+        loss = loss_fn()
         loss.backward()
         value = loss.item()
         self._update()
         return value
+
+    def sft_step(self):
+        return self._step(self.sft_loss)
 
     def dpo_setup(self, pairs):
         ids, labels, _, rc, rr = pairs
@@ -363,12 +365,7 @@ class Torch:
         return losses.sum() / self.B
 
     def dpo_step(self):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.dpo_loss()
-        loss.backward()
-        value = loss.item()
-        self._update()
-        return value
+        return self._step(self.dpo_loss)
 
     def generate(self, prompts, new_tokens):
         torch = self.torch
