@@ -158,24 +158,16 @@ def check_identity(saved: dict, now: dict, path) -> None:
             f"Checkpoint {path} là của lần chạy '{saved.get('kind')}', không phải '{now['kind']}' "
             f"/ the checkpoint is from a '{saved.get('kind')}' run, not '{now['kind']}'"
         )
-    d = _diff(saved.get("trainer_config", {}), now["trainer_config"])
-    if d:
-        raise CheckpointError(
-            f"Cấu hình trainer khác checkpoint {path}: {'; '.join(d)} "
-            f"/ the trainer config differs from the checkpoint: {'; '.join(d)}"
-        )
-    d = _diff(saved.get("settings", {}), now["settings"], SETTING_NAMES)
-    if d:
-        raise CheckpointError(
-            f"Tham số huấn luyện khác checkpoint {path}: {'; '.join(d)} "
-            f"/ the training settings differ from the checkpoint: {'; '.join(d)}"
-        )
-    d = _diff(saved.get("model_config", {}), now["model_config"])
-    if d:
-        raise CheckpointError(
-            f"Cấu hình mô hình khác checkpoint {path}: {'; '.join(d)} "
-            f"/ the model config differs from the checkpoint: {'; '.join(d)}"
-        )
+    for key, names, vi, en in (
+        ("trainer_config", None, "Cấu hình trainer", "the trainer config differs"),
+        ("settings", SETTING_NAMES, "Tham số huấn luyện", "the training settings differ"),
+        ("model_config", None, "Cấu hình mô hình", "the model config differs"),
+    ):
+        d = _diff(saved.get(key, {}), now[key], names)
+        if d:
+            raise CheckpointError(
+                f"{vi} khác checkpoint {path}: {'; '.join(d)} / {en} from the checkpoint: {'; '.join(d)}"
+            )
     sp, np_ = saved.get("parameters", []), now["parameters"]
     if sp != np_:
         missing = [n for n in sp if n not in np_]
