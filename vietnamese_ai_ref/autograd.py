@@ -670,7 +670,10 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     t1 = t.reshape(-1)  # (N,)
     bad = (t1 != ignore_index) & ((t1 < 0) | (t1 >= V))
     if bool(bad.any()):
-        raise ValueError(f"target ids must lie in [0, {V}) or equal ignore_index={ignore_index}")
+        raise ValueError(
+            f"`labels` chứa token id ngoài [0, {V}) khác {ignore_index} / `labels` target ids must lie in "
+            f"[0, {V}) or equal ignore_index={ignore_index}; got {int(bad.sum())} out-of-range id(s)"
+        )
     losses, lse, valid = k.cross_entropy_forward(L2, t1, ignore_index)
     if reduction == "none":
         out = losses.reshape(lead)
