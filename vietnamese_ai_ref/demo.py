@@ -103,15 +103,15 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     show = held_prompts[:3]
     entries = []
 
-    def bar(desc, n, batch, accum, epochs):
-        return Progress(total_steps(n, batch, accum, epochs), desc, quiet, desc.split()[-1].lower())
+    def bar(desc, stage, n, batch, accum, epochs):
+        return Progress(total_steps(n, batch, accum, epochs), desc, quiet, stage)
 
     model = TransformerLM(GPTConfig(seed=seed, **S["model"]))
     say(f"Mô hình / model: {model.num_parameters():,} tham số / parameters, {S['model']}")
 
     # 1. SFT
     sft = SFTTrainer(seed=seed, **S["sft"])
-    b = bar("1/3 SFT", len(data["sft_train"]), sft.kich_thuoc_batch, sft.gradient_accumulation, sft.so_vong)
+    b = bar("1/3 SFT", "sft", len(data["sft_train"]), sft.kich_thuoc_batch, sft.gradient_accumulation, sft.so_vong)
     try:
         r_sft = sft.huan_luyen(model, data["sft_train"], du_lieu_val=data["sft_val"], callback=b)
     finally:
@@ -121,7 +121,7 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     # 2. Reward model, initialised from the SFT model (as in InstructGPT)
     rm_net = model.copy()
     rm = RewardModel(seed=seed, **S["reward"])
-    b = bar("2/3 Reward", len(data["pref_train"]), rm.kich_thuoc_batch, rm.gradient_accumulation, S["reward_epochs"])
+    b = bar("2/3 Reward", "reward", len(data["pref_train"]), rm.kich_thuoc_batch, rm.gradient_accumulation, S["reward_epochs"])
     try:
         r_rm = rm.huan_luyen(rm_net, data["pref_train"], so_vong=S["reward_epochs"], callback=b)
     finally:
@@ -136,7 +136,7 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     # 3. DPO against a frozen copy of the SFT model
     ref = model.copy()
     dpo = DPOTrainer(seed=seed, **S["dpo"])
-    b = bar("3/3 DPO", len(data["pref_train"]), dpo.kich_thuoc_batch, dpo.gradient_accumulation, dpo.so_vong)
+    b = bar("3/3 DPO", "dpo", len(data["pref_train"]), dpo.kich_thuoc_batch, dpo.gradient_accumulation, dpo.so_vong)
     try:
         r_dpo = dpo.huan_luyen(model, ref, data["pref_train"], callback=b)
     finally:
