@@ -19,7 +19,7 @@ Accuracy (tests/test_kernels_fast.py holds every kernel to the reference kernels
     row sums accumulate in float64 blocks (more accurate than the reference's float32 sums). The
     results stay within the float32 reference's own rounding error (the tests state the tolerances).
   - AdamW uses the reference's operations in the reference's order, without fast-math: bit-identical
-    to the reference kernel in both dtypes.
+    to the reference kernel in both dtypes (the gradient times `grad_scale` included).
 Arrays stay in their dtype: scalars are cast to the array's dtype before the call, so float32 work
 never silently becomes float64 (only the row-sum accumulators above are float64, by design).
 
@@ -460,7 +460,7 @@ _CE_BWD = _par_or_ser(_ce_bwd, fastmath=_FM)
 
 # ============================ AdamW ============================================================
 
-def _adamw(p, g, m, v, decay, b1, omb1, b2, omb2, sbc2, eps, step_size, block):
+def _adamw(p, g, m, v, decay, gscale, b1, omb1, b2, omb2, sbc2, eps, step_size, block):
     """The reference's operations in the reference's order (no fast-math: bit-identical to it)."""
     n = p.shape[0]
     for c in prange(_chunks(n, block)):
@@ -469,7 +469,7 @@ def _adamw(p, g, m, v, decay, b1, omb1, b2, omb2, sbc2, eps, step_size, block):
         P, G, M, V = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
         for i in range(P.shape[0]):
             pi = P[i] * decay
-            gi = G[i]
+            gi = G[i] * gscale  # the clipping coefficient (x * 1 is exact)
             mi = M[i] * b1 + gi * omb1
             vi = V[i] * b2 + (gi * gi) * omb2
             M[i] = mi
@@ -478,7 +478,7 @@ def _adamw(p, g, m, v, decay, b1, omb1, b2, omb2, sbc2, eps, step_size, block):
             P[i] = pi - (mi / den) * step_size
 
 
-def _adamw_wd(p, g, m, v, decay, b1, omb1, b2, omb2, sbc2, eps, step_size, block):
+def _adamw_wd(p, g, m, v, decay, gscale, b1, omb1, b2, omb2, sbc2, eps, step_size, block):
     """_adamw with a per-entry decay factor `decay` (an array)."""
     n = p.shape[0]
     for c in prange(_chunks(n, block)):
@@ -487,7 +487,7 @@ def _adamw_wd(p, g, m, v, decay, b1, omb1, b2, omb2, sbc2, eps, step_size, block
         P, G, M, V, D = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], decay[lo:hi]
         for i in range(P.shape[0]):
             pi = P[i] * D[i]
-            gi = G[i]
+            gi = G[i] * gscale  # the clipping coefficient (x * 1 is exact)
             mi = M[i] * b1 + gi * omb1
             vi = V[i] * b2 + (gi * gi) * omb2
             M[i] = mi
@@ -621,11 +621,11 @@ def kernels_for(ns) -> dict:
         _pick(_CE_BWD, L.size)(dl, L, safe, np.ascontiguousarray(valid), np.ascontiguousarray(lse), P)
         return P
 
-    def adamw_update(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+    def adamw_update(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step, grad_scale=1.0):
         arrays = (param, grad, m, v)
         if not ok(*arrays) or not all(a.ndim == 1 and a.flags.c_contiguous for a in arrays):
             return ref["adamw_update"](param, grad, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                                       weight_decay=weight_decay, step=step)
+                                       weight_decay=weight_decay, step=step, grad_scale=grad_scale)
         t = param.dtype.type
         bc1 = 1.0 - beta1**step
         bc2 = 1.0 - beta2**step
@@ -635,7 +635,7 @@ def kernels_for(ns) -> dict:
             kern = _ADAMW_WD
         else:
             decay, kern = t(1.0 - lr * float(weight_decay)), _ADAMW
-        _pick(kern, param.size)(param, grad, m, v, decay, t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
+        _pick(kern, param.size)(param, grad, m, v, decay, t(grad_scale), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
                                 t(math.sqrt(bc2)), t(eps), t(lr / bc1), 1 << 14)
 
     return {

@@ -318,12 +318,14 @@ class KernelNamespace:
         return p
 
     # ---- AdamW over flat buffers (decoupled weight decay, as torch.optim.AdamW) ---------------
-    def adamw_update(self, param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+    def adamw_update(self, param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step, grad_scale=1.0):
         """In-place AdamW step on flat arrays. `weight_decay` is a scalar or an array (0 where no decay).
 
+        g = grad * grad_scale (the clipping coefficient; `grad` itself is not modified);
         param <- param * (1 - lr*wd);  m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
         param <- param - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)      (torch's formula)
         """
+        grad_scale = float(grad_scale)
         xp = self.xp
         bc1 = 1.0 - beta1**step
         bc2 = 1.0 - beta2**step
@@ -333,14 +335,17 @@ class KernelNamespace:
             weight_decay = float(weight_decay)
 
         def update(part):  # one contiguous part of the buffers, walked in blocks
-            t1_b = t2_b = None
+            t1_b = t2_b = t3_b = None
             for s in _blocks(part.stop - part.start, 1, self._blocked):
                 s = slice(part.start + s.start, part.start + s.stop)
                 ps, gs, ms, vs = param[s], grad[s], m[s], v[s]
                 if t1_b is None:
                     t1_b = xp.empty(ps.shape, dtype=param.dtype)
                     t2_b = xp.empty(ps.shape, dtype=param.dtype)
+                    t3_b = xp.empty(ps.shape, dtype=param.dtype) if grad_scale != 1.0 else None
                 t1, t2 = t1_b[: ps.shape[0]], t2_b[: ps.shape[0]]
+                if grad_scale != 1.0:  # multiplying by exactly 1 would change nothing
+                    gs = xp.multiply(gs, grad_scale, out=t3_b[: ps.shape[0]])
                 if wd_array:
                     xp.multiply(weight_decay[s], -lr, out=t1)
                     t1 += 1.0

@@ -16,6 +16,8 @@ import math
 import numpy as np
 import pytest
 
+from vietnamese_ai_ref.backends import kernels as kernels_mod
+
 # name -> function(backend) returning a kernel namespace with the KernelNamespace interface
 KERNEL_PROVIDERS = {
     "backend": lambda be: be.kernels,
@@ -370,6 +372,33 @@ def test_adamw_update_reference(backend, kernels, hp, wd_form):
     assert_close(p, rp, "param")
     assert_close(m, rm, "exp_avg")
     assert_close(v, rv, "exp_avg_sq")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adamw_grad_scale_is_scaling_the_gradient_first(backend, dtype):
+    """grad_scale (the clip coefficient applied inside the update) gives bit for bit what scaling the
+    gradient buffer in place and updating without it gives, and leaves the gradient unmodified."""
+    k = backend.kernels
+    rng = np.random.default_rng(12)
+    n = 2 * kernels_mod.BLOCK + 5  # several blocks of the NumPy kernel
+    p0 = rng.standard_normal(n).astype(dtype)
+    wd = np.where(np.arange(n) % 3 == 0, 0.0, 0.1).astype(dtype)
+    put = lambda a: backend.asarray(a, dtype=dtype)  # noqa: E731
+    fused = [put(a) for a in (p0, np.zeros(n, dtype), np.zeros(n, dtype))]
+    plain = [put(a) for a in (p0, np.zeros(n, dtype), np.zeros(n, dtype))]
+    for step, coef in ((1, 0.37), (2, 1.0), (3, 0.0123)):
+        g = (rng.standard_normal(n) * step).astype(dtype)
+        gd = put(g)
+        k.adamw_update(*fused[:1], gd, *fused[1:], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                       weight_decay=put(wd), step=step, grad_scale=coef)
+        np.testing.assert_array_equal(hostof(backend, gd), g)
+        scaled = put(g)
+        scaled *= coef  # what scale_grads did before: the buffer scaled in place, in its dtype
+        assert scaled.dtype == np.dtype(dtype)
+        k.adamw_update(*plain[:1], scaled, *plain[1:], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                       weight_decay=put(wd), step=step)
+    for a, b, what in zip(fused, plain, ("param", "m", "v")):
+        np.testing.assert_array_equal(hostof(backend, a), hostof(backend, b), err_msg=what)
 
 
 @pytest.mark.torch

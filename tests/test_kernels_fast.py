@@ -438,7 +438,8 @@ def test_fast_cross_entropy(fast_pair, dtype, shape, p_ignore):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("n", [1, 37, 100_003])
 @pytest.mark.parametrize("wd_form", ["zero", "scalar", "array"])
-def test_fast_adamw_is_bit_identical(fast_pair, dtype, n, wd_form):
+@pytest.mark.parametrize("grad_scale", [1.0, 0.3141])
+def test_fast_adamw_is_bit_identical(fast_pair, dtype, n, wd_form, grad_scale):
     fast, _, same = fast_pair(dtype)
     rng = np.random.default_rng(14)
     p0 = rng.standard_normal(n).astype(dtype)
@@ -446,9 +447,12 @@ def test_fast_adamw_is_bit_identical(fast_pair, dtype, n, wd_form):
     state = {name: (p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)) for name in ("fast", "ref")}
     for step in range(1, 4):
         g = (rng.standard_normal(n) * step).astype(dtype)
+        g_before = g.copy()
         for name, k in (("fast", fast), ("ref", same)):
             p, m, v = state[name]
-            k.adamw_update(p, g, m, v, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd, step=step)
+            k.adamw_update(p, g, m, v, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd, step=step,
+                           grad_scale=grad_scale)
+        np.testing.assert_array_equal(g, g_before)  # the gradient buffer is read, never rewritten
     for a, b_, what in zip(state["fast"], state["ref"], ("param", "m", "v")):
         assert a.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(a, b_, err_msg=f"adamw {what}")

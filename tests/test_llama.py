@@ -174,6 +174,26 @@ def test_full_model_gradcheck_with_padding(backend, kw):
     assert all(p.grad is not None and np.isfinite(backend.to_numpy(p.grad)).all() for p in params)
 
 
+@pytest.mark.parametrize("kw", [dict(tie_word_embeddings=True), dict(model_type="qwen2")])
+def test_gradients_written_into_optimiser_buffers(backend, kw):
+    """With an optimiser, every projection's (and the head's) gradient lands in its flat buffer, the
+    tied embedding accumulating head + embedding in place, with exactly the values of a model without one."""
+    from vietnamese_ai_ref.optim import AdamW
+
+    plain = tiny(**kw)
+    homed = plain.copy()
+    AdamW(homed.named_parameters(), lr=1e-3, weight_decay=0.1)
+    ids, mask = batch()
+    targets = np.where(mask[:, 1:] == 1, ids[:, 1:], -100)
+    for m in (plain, homed):
+        ag.cross_entropy(m(ids, mask)[:, :-1], targets).backward()
+    homes = {n for n, p in homed.named_parameters().items() if p.grad is p.grad_home}
+    assert homes == {n for n in homed.named_parameters() if "layernorm" not in n and n != "model.norm.weight"}
+    for n, p in homed.named_parameters().items():
+        np.testing.assert_array_equal(backend.to_numpy(p.grad), backend.to_numpy(plain.named_parameters()[n].grad),
+                                      err_msg=n)
+
+
 def test_score_head_gradcheck(backend):
     m = tiny(num_hidden_layers=1)
     m.add_score_head(seed=3)

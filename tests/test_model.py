@@ -152,6 +152,59 @@ def test_full_model_gradcheck_with_padding(backend):
     assert all(p.grad is not None and np.isfinite(backend.to_numpy(p.grad)).all() for p in params)
 
 
+def _lm_loss(m, seed):
+    ids, mask = batch(B=3, T=6, seed=seed, lengths=(6, 4, 2))
+    targets = np.where(mask[:, 1:] == 1, ids[:, 1:], -100)  # (B, T-1), pads ignored
+    return ag.cross_entropy(m(ids, mask)[:, :-1], targets)
+
+
+@pytest.mark.parametrize("score_head", [False, True])
+def test_gradients_written_into_optimiser_buffers(backend, score_head):
+    """With an optimiser, the fused ops write weight gradients straight into its flat gradient buffer
+    (Parameter.grad_home), the tied wte accumulating head + embedding there in place. The gradients
+    are exactly those of the same model without an optimiser, also when two backward passes
+    accumulate (gradient accumulation), and gather_grads leaves them in place."""
+    from vietnamese_ai_ref.optim import AdamW
+
+    plain = tiny()
+    if score_head:
+        plain.add_score_head(seed=2)
+    homed = plain.copy()
+    opt = AdamW(homed.named_parameters(), lr=1e-3, weight_decay=0.1)
+    flat = {id(g.grad): g for g in opt.groups}
+    for m in (plain, homed):
+        _lm_loss(m, seed=0).backward()
+    homes = {n for n, p in homed.named_parameters().items() if p.grad is p.grad_home}
+    # every GEMM weight and bias of the blocks, wpe, and the tied wte (its home holds head + embedding);
+    # LayerNorm parameters (small) are copied by gather_grads; the score head gets no gradient here
+    assert homes == {n for n in homed.named_parameters() if "ln_" not in n and n != "score.weight"}
+    for n, p in homed.named_parameters().items():
+        q = plain.named_parameters()[n]
+        if q.grad is None:  # the score head takes no part in the LM loss
+            assert p.grad is None, n
+            continue
+        np.testing.assert_array_equal(backend.to_numpy(p.grad), backend.to_numpy(q.grad), err_msg=n)
+        if n in homes:
+            g = next(g for g in opt.groups if p in g.params)
+            assert backend.xp.shares_memory(p.grad, g.grad), n
+    for m in (plain, homed):  # a second micro-batch, without zero_grad: accumulates
+        _lm_loss(m, seed=1).backward()
+    opt.gather_grads()
+    for g in opt.groups:
+        for n, p, a, b in zip(g.names, g.params, g.offsets, g.offsets[1:]):
+            q = plain.named_parameters()[n]
+            want = np.zeros(p.shape) if q.grad is None else backend.to_numpy(q.grad)
+            np.testing.assert_array_equal(backend.to_numpy(g.grad[a:b]).reshape(p.shape), want, err_msg=n)
+    assert len(flat) == len(opt.groups)
+    opt.zero_grad()
+    assert all(p.grad is None for p in homed.parameters())
+    _lm_loss(homed, seed=0).backward()  # after zero_grad the homes are overwritten, not added to
+    plain.zero_grad()
+    _lm_loss(plain, seed=0).backward()
+    np.testing.assert_array_equal(backend.to_numpy(homed.named_parameters()["wte.weight"].grad),
+                                  backend.to_numpy(plain.named_parameters()["wte.weight"].grad))
+
+
 def test_score_head_gradcheck(backend):
     m = tiny(n_layer=1)
     m.add_score_head(seed=3)

@@ -6,6 +6,12 @@ the alignment losses need. Each op is one function: its forward computes the out
 arrays it saved explicitly. `Tensor.backward()` walks the graph in reverse topological order,
 accumulates gradients on leaves (`+=`, like torch) and frees the graph as it goes.
 
+Gradient homes (performance): an optimiser may give a Parameter a *home* (`Parameter.grad_home`, a
+view into its flat gradient buffer). Ops that produce a large weight gradient ask `grad_out(p)` for
+it and write the gradient there with `out=`, and further contributions to the same parameter in the
+same pass are added into it in place (`grad_accumulator(p)`), so the optimiser need not copy
+gradients into its buffer afterwards. The values are exactly those without homes.
+
 What it is not: a general tensor library. No in-place ops on graph tensors, no higher-order
 gradients, no views that alias a parent's gradient. Integer tensors never require grad.
 """
@@ -26,6 +32,9 @@ __all__ = [
 ]
 
 _grad_enabled = True
+
+#: During Tensor.backward(): {"grads": id -> gradient so far, "homes": ids whose entry is the home}.
+_pass = None
 
 
 def _FREED(g):  # marks a non-leaf node whose graph an earlier backward() released
@@ -131,27 +140,42 @@ class Tensor:
             grad = grad.data if isinstance(grad, Tensor) else be.asarray(grad, dtype=self.data.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"gradient shape {grad.shape} != tensor shape {self.shape}")
+        global _pass
         order = _topological_order(self)
         grads = {id(self): grad}
-        for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            if node._backward is None:  # leaf
-                node.grad = g if node.grad is None else node.grad + g
-                continue
-            if node._backward is _FREED:
-                raise RuntimeError("the graph was already freed by an earlier backward()")
-            parent_grads = node._backward(g)
-            for p, pg in zip(node._parents, parent_grads):
-                if pg is None or not p.requires_grad:
+        outer, _pass = _pass, {"grads": grads, "homes": set()}
+        try:
+            for node in reversed(order):
+                g = grads.pop(id(node), None)
+                if g is None:
                     continue
-                if pg.shape != p.shape:  # a backward must return exactly the parent's shape
-                    raise AssertionError(f"internal: grad shape {pg.shape} for parent {p.shape}")
-                k = id(p)
-                grads[k] = pg if k not in grads else grads[k] + pg
-            node._parents = ()
-            node._backward = _FREED
+                if node._backward is None:  # leaf
+                    if node.grad is None:
+                        node.grad = g
+                    elif node.grad is getattr(node, "grad_home", None):
+                        node.grad += g  # the optimiser's buffer: accumulate in place
+                    else:
+                        node.grad = node.grad + g
+                    continue
+                if node._backward is _FREED:
+                    raise RuntimeError("the graph was already freed by an earlier backward()")
+                parent_grads = node._backward(g)
+                for p, pg in zip(node._parents, parent_grads):
+                    if pg is None or not p.requires_grad:
+                        continue
+                    if pg.shape != p.shape:  # a backward must return exactly the parent's shape
+                        raise AssertionError(f"internal: grad shape {pg.shape} for parent {p.shape}")
+                    k = id(p)
+                    if k not in grads:
+                        grads[k] = pg
+                    elif k in _pass["homes"]:
+                        grads[k] += pg  # the home buffer is ours: add in place
+                    else:
+                        grads[k] = grads[k] + pg
+                node._parents = ()
+                node._backward = _FREED
+        finally:
+            _pass = outer
 
     # -- operators ----------------------------------------------------------------------------
     def __add__(self, o): return add(self, o)
@@ -184,12 +208,36 @@ def _raise_item(shape):
 
 
 class Parameter(Tensor):
-    """A leaf tensor that requires grad: a trainable weight."""
+    """A leaf tensor that requires grad: a trainable weight.
 
-    __slots__ = ()
+    `grad_home` (None unless an optimiser sets it): an array of the parameter's shape where backward
+    may write the gradient directly (see the module docstring); `.grad` is then that array."""
+
+    __slots__ = ("grad_home",)
 
     def __init__(self, data, name: str | None = None):
         super().__init__(data, requires_grad=True, name=name)
+        self.grad_home = None
+
+
+def grad_out(p: Tensor):
+    """For an op's backward: the array to write `p`'s gradient into (`out=`) and return, or None.
+
+    It is `p.grad_home` when p has one, has no gradient yet (`p.grad is None`) and no op of the
+    current backward pass has produced a gradient for p yet; the home is then taken for this pass."""
+    home = getattr(p, "grad_home", None)
+    if home is None or _pass is None or p.grad is not None or id(p) in _pass["grads"]:
+        return None
+    _pass["homes"].add(id(p))
+    return home
+
+
+def grad_accumulator(p: Tensor):
+    """For an op's backward: the array already holding `p`'s gradient in this pass when it is p's home
+    (an op may add its contribution into it in place and return None for p), else None."""
+    if _pass is None or id(p) not in _pass["homes"]:
+        return None
+    return _pass["grads"].get(id(p))
 
 
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
@@ -386,6 +434,11 @@ def getitem(a: Tensor, idx) -> Tensor:
         return (ga,)
 
     return _result(out, (a,), backward)
+
+
+def _fill_zero(a):
+    a.fill(0)
+    return a
 
 
 def _is_basic_index(idx) -> bool:
@@ -602,17 +655,26 @@ def embedding(weight: Tensor, ids) -> Tensor:
     out = weight.data[ids]  # (*ids.shape, d)
 
     def backward(g):
-        gw = xp.zeros((V, d), dtype=g.dtype)
+        acc = grad_accumulator(weight)  # a tied weight whose home already holds the head's gradient
+        if acc is None:
+            gw = grad_out(weight)
+            gw = xp.zeros((V, d), dtype=g.dtype) if gw is None else _fill_zero(gw)
+        else:
+            gw = acc
         flat, rows = ids.reshape(-1), g.reshape(-1, d)  # (N,) ids, (N, d) rows into (V, d)
         if be.name == "numpy" and flat.size > 1:
             # sort the ids, then one reduceat sums each id's rows (about 2x faster than add.at here)
             order = xp.argsort(flat, kind="stable")
             s = flat[order]
             starts = xp.flatnonzero(xp.concatenate((xp.ones(1, dtype=bool), s[1:] != s[:-1])))
-            gw[s[starts]] = xp.add.reduceat(rows[order], starts, axis=0)
+            sums = xp.add.reduceat(rows[order], starts, axis=0)  # one row per distinct id
+            if acc is None:
+                gw[s[starts]] = sums
+            else:
+                gw[s[starts]] += sums  # distinct rows: fancy-index += adds each once
         else:
             _add_at(xp, gw, flat, rows)
-        return (gw,)
+        return (None if acc is not None else gw,)
 
     return _result(out, (weight,), backward)
 

@@ -206,8 +206,8 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     def backward(g):
         G = g.reshape(-1, n)  # (N, n)
         gx = xp.matmul(G, wd.T).reshape(xd.shape) if x.requires_grad else None
-        gw = xp.matmul(X.T, G) if w.requires_grad else None
-        gb = G.sum(axis=0) if (b is not None and b.requires_grad) else None
+        gw = xp.matmul(X.T, G, out=ag.grad_out(w)) if w.requires_grad else None  # into the optimiser's buffer
+        gb = G.sum(axis=0, out=ag.grad_out(b)) if (b is not None and b.requires_grad) else None
         return gx, gw, gb
 
     parents = (x, w) if b is None else (x, w, b)
@@ -225,7 +225,7 @@ def _linear_t(x: Tensor, w: Tensor) -> Tensor:
     def backward(g):
         G = g.reshape(-1, n)  # (N, n)
         gx = xp.matmul(G, wd).reshape(xd.shape) if x.requires_grad else None
-        gw = xp.matmul(G.T, X) if w.requires_grad else None  # (n, k), C-contiguous like w
+        gw = xp.matmul(G.T, X, out=ag.grad_out(w)) if w.requires_grad else None  # (n, k), laid out like w
         return gx, gw
 
     return ag._result(Y.reshape(xd.shape[:-1] + (n,)), (x, w), backward)

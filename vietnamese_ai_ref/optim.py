@@ -4,6 +4,11 @@ What it is for: the optimiser semantics spec/losses.md fixes (torch.optim.AdamW'
 transformers' `get_linear_schedule_with_warmup` and `clip_grad_norm_`). Parameters are re-homed into
 two flat buffers (with and without weight decay) so that one kernel call updates each group; every
 `Parameter.data` becomes a view into its group's buffer, so the model sees the update in place.
+Likewise every parameter's `grad_home` is a view into the group's flat gradient buffer, where the
+model's fused ops write weight gradients during backward (see autograd), so that `gather_grads` only
+copies the gradients that did not land there. The clipping coefficient of `scale_grads` is applied
+inside the update (`adamw_update(grad_scale=...)`) instead of in a pass of its own: the gradient
+buffers (and `.grad`) keep the unclipped gradient, exactly as the update sees `grad * coef`.
 
 What it is not: a general optimiser zoo. One optimiser, one schedule.
 """
@@ -40,10 +45,16 @@ class _Group:
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
             self.data[a:b] = p.data.reshape(-1)
             p.data = self.data[a:b].reshape(p.data.shape)  # a view: updates land in the model
+            if hasattr(p, "grad_home"):  # a Parameter: backward may write its gradient here
+                p.grad_home = self.grad[a:b].reshape(p.data.shape)
 
     def gather_grads(self):
-        """Copy each parameter's .grad into the flat gradient buffer (zeros where a grad is None)."""
-        spans = list(zip(self.params, self.offsets, self.offsets[1:]))
+        """Copy each parameter's .grad into the flat gradient buffer (zeros where a grad is None);
+        gradients that backward wrote into their home already are there."""
+        spans = [(p, a, b) for p, a, b in zip(self.params, self.offsets, self.offsets[1:])
+                 if p.grad is None or p.grad is not getattr(p, "grad_home", None)]
+        if not spans:
+            return
 
         def copy(part):  # the pieces of the parameters that fall inside `part` of the flat buffer
             for p, a, b in spans:
@@ -67,6 +78,7 @@ class AdamW:
         self.betas = betas
         self.eps = eps
         self.step_count = 0
+        self.grad_scale = 1.0  # set by scale_grads, applied (and reset) by the next step
         decay = [(n, p) for n, p in named_params.items() if not no_decay(n, p)]
         nodecay = [(n, p) for n, p in named_params.items() if no_decay(n, p)]
         self.groups = [
@@ -90,20 +102,20 @@ class AdamW:
         return math.sqrt(sum(float(xp.dot(g.grad, g.grad)) for g in self.groups))
 
     def scale_grads(self, coef: float):
-        if coef == 1.0:  # multiplying by exactly 1 changes nothing: skip the pass over every gradient
-            return
-        xp, k = get_backend().xp, get_backend().kernels
-        for g in self.groups:
-            k.parallel_parts(lambda s, grad=g.grad: xp.multiply(grad[s], coef, out=grad[s]), g.grad.shape[0])
+        """Make the next step use the gradients times `coef` (gradient clipping). The multiplication
+        happens inside the update, element by element as `grad * coef` in the gradient's dtype (what
+        scaling the buffer in place would give), so the gradient buffers are not rewritten."""
+        self.grad_scale *= coef
 
     def step(self, lr: float):
-        """One update with learning rate `lr` from the gathered gradients."""
+        """One update with learning rate `lr` from the gathered gradients (times `scale_grads`' coef)."""
         k = get_backend().kernels
         self.step_count += 1
         b1, b2 = self.betas
         for g in self.groups:
             k.adamw_update(g.data, g.grad, g.m, g.v, lr=lr, beta1=b1, beta2=b2, eps=self.eps,
-                           weight_decay=g.weight_decay, step=self.step_count)
+                           weight_decay=g.weight_decay, step=self.step_count, grad_scale=self.grad_scale)
+        self.grad_scale = 1.0
 
     def state_arrays(self) -> dict:
         """Optimiser state as named arrays (for checkpoints)."""
