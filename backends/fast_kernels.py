@@ -1,8 +1,8 @@
 """Optional fused CPU kernels, compiled with numba: the accelerated provider of the kernels layer.
 
 What it is for: single-pass versions of the hot kernels of `backends/kernels.py` for the NumPy
-backend — LayerNorm forward/backward, GELU (tanh form) forward/backward, softmax forward/backward (last
-axis), cross-entropy forward/backward and the AdamW update. Each reads its inputs once and writes its
+backend — LayerNorm forward/backward, GELU (tanh form, computed as x·sigmoid(2u)) forward/backward,
+softmax forward/backward (last axis), cross-entropy forward/backward and the AdamW update. Each reads its inputs once and writes its
 output once (the NumPy reference needs 5-15 passes per kernel), in SIMD loops. Inputs of at least
 PARALLEL_MIN elements are split over numba's threads (`NUMBA_NUM_THREADS`, workqueue layer); smaller
 ones run on the calling thread. Compiled with `cache=True`: the first use compiles (a few seconds),
@@ -13,9 +13,10 @@ reference kernels (see kernels.KernelNamespace). Recorded in `KernelNamespace.ac
 name -> "numba".
 
 Accuracy (tests/test_kernels_fast.py holds every kernel to the reference kernels):
-  - float64: the same formulas with libm's exp/tanh; agrees with the reference to <= 1e-12 relative.
+  - float64: the same formulas with libm's exp (GELU as x·sigmoid(2u), the same function without the
+    cancellation of 1 + tanh u); agrees with the reference to <= 1e-12 relative.
     Row sums (means, variances, logsumexp) are vectorised, so their rounding order differs.
-  - float32: exp and tanh are vectorisable polynomial approximations (Cephes' expf and tanhf, <= 2 ulp);
+  - float32: exp is a vectorisable polynomial approximation (Cephes' expf, <= 2 ulp);
     row sums accumulate in float64 blocks (more accurate than the reference's float32 sums). The
     results stay within the float32 reference's own rounding error (the tests state the tolerances).
   - AdamW uses the reference's operations in the reference's order, without fast-math: bit-identical
@@ -101,25 +102,6 @@ def _exp32(x):
     return x if x != x else y
 
 
-@njit(inline="always", fastmath=_FM, error_model="numpy", cache=True)
-def _tanh32(x):
-    """tanhf for float32 (Cephes): odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1) with the sign
-    of x; within a few ulp, and 1 - |tanh| keeps its accuracy near saturation (GELU's derivative needs it)."""
-    a = abs(x)
-    z = x * x
-    p = np.float32(-5.70498872745e-3)
-    p = p * z + np.float32(2.06390887954e-2)
-    p = p * z + np.float32(-5.37397155531e-2)
-    p = p * z + np.float32(1.33314422036e-1)
-    p = p * z + np.float32(-3.33332819422e-1)
-    small = p * z * x + x
-    e = _exp32(a + a)
-    big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
-    if x < 0:
-        big = -big
-    return small if a < np.float32(0.625) else big
-
-
 def _fexp(x):
     """exp with the precision of x: _exp32 for float32, libm's exp for float64 (chosen at compile time)."""
 
@@ -129,17 +111,6 @@ def _ol_fexp(x):
     if x == types.float32:
         return lambda x: _exp32(x)
     return lambda x: math.exp(x)
-
-
-def _ftanh(x):
-    """tanh with the precision of x: _tanh32 for float32, libm's tanh for float64 (chosen at compile time)."""
-
-
-@overload(_ftanh, inline="always")
-def _ol_ftanh(x):
-    if x == types.float32:
-        return lambda x: _tanh32(x)
-    return lambda x: math.tanh(x)
 
 
 def _clone(fn, suffix):
@@ -323,7 +294,13 @@ _GC = math.sqrt(2.0 / math.pi)
 _GA = 0.044715
 
 
-def _gelu_fwd(X, Y, block):
+# 0.5 x (1 + tanh u) = x s with s = sigmoid(2u) = 1 / (1 + e), e = exp(-2u): one exp and one division
+# instead of tanh's exp, division and polynomial, and no cancellation in 1 + tanh u for negative x
+# (more accurate than the reference there). -2u is capped at `lim` (80 in float32, 700 in float64) so
+# that e stays finite: s is then < 1e-34 (1e-304), where the exact GELU is smaller still.
+# Derivative: s + 2 x s (1 - s) du/dx with 1 - s = e s (no cancellation either).
+
+def _gelu_fwd(X, Y, block, lim):
     n = X.shape[0]
     one = X.dtype.type(1.0)
     for c in prange(_chunks(n, block)):
@@ -332,15 +309,15 @@ def _gelu_fwd(X, Y, block):
         Xc, Yc = X[lo:hi], Y[lo:hi]  # chunk views: indices from range(len) are known >= 0, so loops vectorise
         for i in range(Xc.shape[0]):
             x = Xc[i]
-            u = x * (x * x * X.dtype.type(_GA) + one) * X.dtype.type(_GC)
-            t = _ftanh(u)
-            Yc[i] = X.dtype.type(0.5) * x * (one + t)
+            u2 = x * (x * x * X.dtype.type(_GA) + one) * X.dtype.type(-2.0 * _GC)  # -2u
+            e = _fexp(min(u2, lim))
+            Yc[i] = x / (one + e)
 
 
 _GELU_FWD = _par_or_ser(_gelu_fwd, fastmath=_FM)
 
 
-def _gelu_bwd(DY, X, O, block):
+def _gelu_bwd(DY, X, O, block, lim):
     n = X.shape[0]
     one = X.dtype.type(1.0)
     for c in prange(_chunks(n, block)):
@@ -350,10 +327,11 @@ def _gelu_bwd(DY, X, O, block):
         for i in range(Xc.shape[0]):
             x = Xc[i]
             x2 = x * x
-            u = x * (x2 * X.dtype.type(_GA) + one) * X.dtype.type(_GC)
-            t = _ftanh(u)
-            dt = X.dtype.type(_GC) * (one + X.dtype.type(3.0 * _GA) * x2) * (one - t * t)
-            Oc[i] = DYc[i] * (X.dtype.type(0.5) * ((one + t) + x * dt))
+            u2 = x * (x2 * X.dtype.type(_GA) + one) * X.dtype.type(-2.0 * _GC)  # -2u
+            e = _fexp(min(u2, lim))
+            s = one / (one + e)
+            du2 = X.dtype.type(2.0 * _GC) * (one + X.dtype.type(3.0 * _GA) * x2)  # 2 du/dx
+            Oc[i] = DYc[i] * (s + x * (e * s) * s * du2)
 
 
 _GELU_BWD = _par_or_ser(_gelu_bwd, fastmath=_FM)
@@ -502,6 +480,11 @@ _ADAMW_WD = _par_or_ser(_adamw_wd)
 
 # ============================ the kernel functions =============================================
 
+def _gelu_cap(dtype):
+    """The cap on -2u in the GELU kernels, as a scalar of `dtype` (see _gelu_fwd)."""
+    return dtype.type(80.0 if dtype == _F32 else 700.0)
+
+
 def kernels_for(ns) -> dict:
     """name -> function with the signature of the KernelNamespace method it replaces, bound to `ns`
     (whose reference methods serve as the fallback for cases these kernels do not cover)."""
@@ -555,7 +538,7 @@ def kernels_for(ns) -> dict:
             return ref["gelu_forward"](x)
         X = np.ascontiguousarray(x).reshape(-1)
         Y = np.empty_like(X)
-        _pick(_GELU_FWD, X.size)(X, Y, 1 << 14)
+        _pick(_GELU_FWD, X.size)(X, Y, 1 << 14, _gelu_cap(X.dtype))
         return Y.reshape(x.shape)
 
     def gelu_backward(dy, x):
@@ -564,7 +547,7 @@ def kernels_for(ns) -> dict:
         X = np.ascontiguousarray(x).reshape(-1)
         DY = np.ascontiguousarray(dy).reshape(-1)
         O = np.empty_like(X)
-        _pick(_GELU_BWD, X.size)(DY, X, O, 1 << 14)
+        _pick(_GELU_BWD, X.size)(DY, X, O, 1 << 14, _gelu_cap(X.dtype))
         return O.reshape(x.shape)
 
     def softmax_forward(x, axis=-1, out=None):

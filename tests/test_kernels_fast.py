@@ -369,7 +369,7 @@ def test_fast_layernorm(fast_pair, dtype, shape, affine):
 def test_fast_gelu(fast_pair, dtype):
     fast, ref, same = fast_pair(dtype)
     rng = np.random.default_rng(11)
-    special = np.array([-30.0, -9.5, -8.0, -4.0, -0.626, -0.625, -0.3, -1e-8, 0.0, 1e-8, 0.3, 0.625, 4.0, 9.5, 30.0])
+    special = np.array([-1000.0, -100.0, -50.0, -30.0, -9.5, -8.0, -4.0, -0.626, -0.625, -0.3, -1e-8, 0.0, 1e-8, 0.3, 0.625, 4.0, 9.5, 30.0])
     for x in (special, rng.standard_normal(7 * 33) * 3, rng.standard_normal((40, 1000)) * 2):
         xs = x.astype(dtype)
         dy = rng.standard_normal(x.shape).astype(dtype)
@@ -458,32 +458,26 @@ def test_fast_adamw_is_bit_identical(fast_pair, dtype, n, wd_form, grad_scale):
         np.testing.assert_array_equal(a, b_, err_msg=f"adamw {what}")
 
 
-def test_fast_exp_and_tanh_accuracy():
-    """The float32 exp/tanh of fast_kernels: within 2 ulp of the correctly rounded values (documented)."""
+def test_fast_exp_accuracy():
+    """The float32 exp of fast_kernels: within 2 ulp of the correctly rounded values (documented)."""
     need_numba()
     from numba import njit
 
     from vietnamese_ai_ref.backends import fast_kernels as fk
 
     @njit
-    def apply(f_exp, a, o):
+    def apply(a, o):
         for i in range(a.size):
-            o[i] = fk._exp32(a[i]) if f_exp else fk._tanh32(a[i])
+            o[i] = fk._exp32(a[i])
 
     x = np.linspace(-87.3, 88.7, 1_000_001).astype(np.float32)
     o = np.empty_like(x)
-    apply(True, x, o)
+    apply(x, o)
     ex = np.exp(x.astype(np.float64))
     assert float(np.max(np.abs(o - ex) / ex)) < 2 * 2.0**-23
-    apply(True, np.array([-np.inf, -1e30, -88.0, 89.0, np.inf, np.nan], np.float32), o[:6])
+    apply(np.array([-np.inf, -1e30, -88.0, 89.0, np.inf, np.nan], np.float32), o[:6])
     assert list(o[:4]) == [0.0, 0.0, 0.0, np.inf] and o[4] == np.inf and np.isnan(o[5])
 
-    x = np.concatenate([np.linspace(-12, 12, 1_000_001), [0.0, -0.0, 1e-30, 50.0, -50.0]]).astype(np.float32)
-    o = np.empty_like(x)
-    apply(False, x, o)
-    tx = np.tanh(x.astype(np.float64))
-    assert float(np.max(np.abs(o - tx) / np.maximum(np.abs(tx), 2.0**-126))) < 3 * 2.0**-24
-    assert float(np.max(np.abs(o - tx))) < 1e-7  # also near saturation, where GELU's derivative reads 1 - t^2
 
 
 def test_threaded_parts_are_bit_identical(monkeypatch):
