@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from . import autograd as ag
 from .autograd import Parameter, Tensor, _result, grad_out, no_grad
 from .backends import get_backend
-from .model import GPTConfig, KVCache, TransformerLM, _check_tokenizer
+from .model import GPTConfig, KVCache, TransformerLM, _check_tokenizer, _column_sums
 from .tokenizer import ByteTokenizer
 
 __all__ = [
@@ -244,7 +244,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         gx = xp.matmul(g, w) if x.requires_grad else None  # (..., in)
         gw = xp.matmul(g2.T, xd.reshape(-1, xd.shape[-1]), out=grad_out(weight)) \
             if weight.requires_grad else None  # (out, in), into the optimiser's buffer when it has one
-        gb = g2.sum(axis=0, out=grad_out(bias)) if bias is not None and bias.requires_grad else None  # (out,)
+        gb = _column_sums(xp, g2, out=grad_out(bias)) if bias is not None and bias.requires_grad else None  # (out,)
         return gx, gw, gb
 
     return _result(out, (x, weight) + ((bias,) if bias is not None else ()), backward)

@@ -207,11 +207,17 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         G = g.reshape(-1, n)  # (N, n)
         gx = xp.matmul(G, wd.T).reshape(xd.shape) if x.requires_grad else None
         gw = xp.matmul(X.T, G, out=ag.grad_out(w)) if w.requires_grad else None  # into the optimiser's buffer
-        gb = G.sum(axis=0, out=ag.grad_out(b)) if (b is not None and b.requires_grad) else None
+        gb = _column_sums(xp, G, out=ag.grad_out(b)) if (b is not None and b.requires_grad) else None
         return gx, gw, gb
 
     parents = (x, w) if b is None else (x, w, b)
     return ag._result(Y.reshape(xd.shape[:-1] + (n,)), parents, backward)
+
+
+def _column_sums(xp, G, out=None):
+    """G (N, n) summed over its rows, as the matrix-vector product ones(N) @ G: BLAS' multi-threaded
+    GEMV is 2-4x faster than a reduction over axis 0 (the bias gradient of a linear layer)."""
+    return xp.matmul(xp.ones(G.shape[0], dtype=G.dtype), G, out=out)
 
 
 def _linear_t(x: Tensor, w: Tensor) -> Tensor:
