@@ -380,7 +380,7 @@ def test_adamw_grad_scale_is_scaling_the_gradient_first(backend, dtype):
     gradient buffer in place and updating without it gives, and leaves the gradient unmodified."""
     k = backend.kernels
     rng = np.random.default_rng(12)
-    n = 2 * kernels_mod.BLOCK + 5  # several blocks of the NumPy kernel
+    n = 2 * kernels_mod.ADAMW_BLOCK + 5  # several blocks of the NumPy kernel
     p0 = rng.standard_normal(n).astype(dtype)
     wd = np.where(np.arange(n) % 3 == 0, 0.0, 0.1).astype(dtype)
     put = lambda a: backend.asarray(a, dtype=dtype)  # noqa: E731

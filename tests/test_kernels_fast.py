@@ -132,7 +132,7 @@ def test_reference_kernels_blocked_equal_plain_formulas(ref64):
 def test_reference_adamw_blocked_and_decay_forms(ref64):
     k = ref64
     rng = np.random.default_rng(1)
-    n = 2 * kernels_mod.BLOCK + 11
+    n = 2 * kernels_mod.ADAMW_BLOCK + 11
     p0, grads = rng.standard_normal(n), [rng.standard_normal(n) for _ in range(3)]
     for wd in (0.0, 0.05, np.where(np.arange(n) % 4 == 0, 0.0, 0.2)):
         p, m, v = p0.copy(), np.zeros(n), np.zeros(n)
@@ -481,12 +481,13 @@ def test_fast_exp_accuracy():
 
 
 def test_threaded_parts_are_bit_identical(monkeypatch):
-    """Large elementwise work (AdamW, gathering and scaling gradients) split over Python threads gives
-    exactly the single-threaded result, whatever the number of threads."""
+    """Large elementwise work (AdamW with the clip coefficient, gathering gradients) split over Python
+    threads gives exactly the single-threaded result, whatever the number of threads."""
     from vietnamese_ai_ref.model import GPTConfig, TransformerLM
 
     monkeypatch.setattr(kernels_mod, "PARALLEL_ELEMENTS", 1000)
     monkeypatch.setattr(kernels_mod, "BLOCK", 256)  # parts are whole blocks: small ones, so that there are 3
+    monkeypatch.setattr(kernels_mod, "ADAMW_BLOCK", 128)  # and several AdamW blocks per part
     calls = []
     real = kernels_mod.KernelNamespace.parallel_parts
 
