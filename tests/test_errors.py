@@ -134,6 +134,20 @@ def test_margin_not_finite(model, margin):
           "'margin'", "a finite number", model=model)
 
 
+@pytest.mark.parametrize("margin", [1e308, -3.5e38])
+def test_margin_beyond_the_training_dtype(model, margin):
+    """A margin finite as a Python float but not in float32 (it would overflow in the loss) is refused
+    before any compute, naming the dtype's limit; in float64 the same margin is a valid number."""
+    data = [{"chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": "b", "margin": margin}]
+    check(lambda: RewardModel().huan_luyen(model, data), DataError, "bản ghi 1", "'margin'",
+          "a finite number in float32 (|margin| <= 3.402823e+38)", model=model)
+    from vietnamese_ai_ref.records import prepare_pairs
+    from vietnamese_ai_ref.tokenizer import ByteTokenizer
+
+    with use_backend("numpy", dtype="float64"):
+        assert prepare_pairs(data, ByteTokenizer(), 64, require_prompt=False, allow_margin=True)[1]["margin"] == margin
+
+
 def test_margin_in_dpo(model):
     check(lambda: DPOTrainer().huan_luyen(model, None, [dict(PAIRS[0], margin=1.0)]), DataError, "'margin'",
           "no such key for DPO", model=model)

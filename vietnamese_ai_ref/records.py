@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from .backends import get_backend
+
 IGNORE_INDEX = -100
 
 #: The prompt template of spec/data.md. Text prompts (instruction records, `prompt` keys, user turns)
@@ -249,6 +251,9 @@ def prepare_pairs(records, tokenizer, max_seq_length: int, *, require_prompt: bo
     Returns examples {"chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "margin", "index"}.
     """
     _check_list(records, name)
+    be = get_backend()
+    largest = float(be.xp.finfo(be.dtype).max)  # a margin must stay finite in the training dtype
+    finite = ("một số thực hữu hạn", "a finite number")
     parsed = []
     for i, r in enumerate(records):
         if require_prompt or "prompt" in r:
@@ -263,11 +268,14 @@ def prepare_pairs(records, tokenizer, max_seq_length: int, *, require_prompt: bo
                 raise record_error(i, "margin", ("không có khóa này ở DPO", "no such key for DPO"), r["margin"])
             m = r["margin"]
             if isinstance(m, bool) or not isinstance(m, (int, float)) or m != m or m in (float("inf"), float("-inf")):
-                raise record_error(i, "margin", ("một số thực hữu hạn", "a finite number"), m)
+                raise record_error(i, "margin", finite, m)
             try:
                 margin = float(m)
             except OverflowError:  # an int beyond the float range
-                raise record_error(i, "margin", ("một số thực hữu hạn", "a finite number"), m) from None
+                raise record_error(i, "margin", finite, m) from None
+            if abs(margin) > largest:  # e.g. 1e308 in float32: it would overflow to inf in the loss
+                raise record_error(i, "margin", (f"một số thực hữu hạn trong {be.dtype} (|margin| ≤ {largest:.7g})",
+                                                 f"a finite number in {be.dtype} (|margin| <= {largest:.7g})"), m)
         parsed.append((prompt, chosen, rejected, margin))
 
     eos = tokenizer.eos_token_id
