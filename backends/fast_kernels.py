@@ -65,15 +65,22 @@ _FM = {"reassoc", "contract"}  # vectorised reductions and FMAs; never nnan/ninf
 
 # ============================ scalar helpers (inlined) ==========================================
 
-@intrinsic
-def _bits_f32(typingctx, i):
-    """The float32 whose bit pattern is the int32 `i` (a register bitcast, as C's memcpy)."""
-    sig = types.float32(types.int32)
+def _bitcast_to(int_type, float_type, ir_type):
+    """An intrinsic returning the float whose bit pattern is the integer argument (a register bitcast,
+    as C's memcpy): how exp builds 2**k from its exponent bits."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+    @intrinsic
+    def bits(typingctx, i):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir_type)
 
-    return sig, codegen
+        return float_type(int_type), codegen
+
+    return bits
+
+
+_bits_f32 = _bitcast_to(types.int32, types.float32, ir.FloatType())
+_bits_f64 = _bitcast_to(types.int64, types.float64, ir.DoubleType())
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy", cache=True)
@@ -101,18 +108,6 @@ def _exp32(x):
     y = np.float32(0.0) if x < lo else y
     y = np.float32(np.inf) if x > hi else y
     return x if x != x else y
-
-
-@intrinsic
-def _bits_f64(typingctx, i):
-    """The float64 whose bit pattern is the int64 `i` (a register bitcast)."""
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
-
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy", cache=True)
