@@ -196,6 +196,14 @@ def test_gradients_written_into_optimiser_buffers(backend, score_head):
             want = np.zeros(p.shape) if q.grad is None else backend.to_numpy(q.grad)
             np.testing.assert_array_equal(backend.to_numpy(g.grad[a:b]).reshape(p.shape), want, err_msg=n)
     assert len(flat) == len(opt.groups)
+    kept = {n: backend.to_numpy(p.grad).copy() for n, p in homed.named_parameters().items() if p.grad is not None}
+    opt.release_grad_homes()  # what the trainers do when their loop ends: the model lets go of the buffer
+    for n, p in homed.named_parameters().items():
+        assert p.grad_home is None, n
+        if n in kept:
+            assert not any(backend.xp.shares_memory(p.grad, g.grad) for g in opt.groups), n
+            np.testing.assert_array_equal(backend.to_numpy(p.grad), kept[n], err_msg=n)
+    opt = AdamW(homed.named_parameters(), lr=1e-3, weight_decay=0.1)  # homes again, in a new buffer
     opt.zero_grad()
     assert all(p.grad is None for p in homed.parameters())
     _lm_loss(homed, seed=0).backward()  # after zero_grad the homes are overwritten, not added to

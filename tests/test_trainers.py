@@ -74,6 +74,8 @@ def test_sft_lowers_loss_and_reports_keys():
     # linear warmup: W = ceil(16 * 0.1) = 2; step 0 runs at lr 0, step 1 at lr/2 (logged: lr of the last step)
     assert h["learning_rate"][0] == pytest.approx(3e-3 * 1 / 2)
     assert h["learning_rate"][-1] == pytest.approx(3e-3 * (16 - 15) / (16 - 2))
+    # the loop let go of the optimiser's gradient buffer: the trained model keeps no gradient memory
+    assert all(p.grad_home is None and p.grad is None for p in m.parameters())
 
 
 def test_sft_without_validation_gives_none():

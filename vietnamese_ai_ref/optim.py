@@ -42,11 +42,13 @@ class _Group:
         self.grad = xp.zeros(n, dtype=dtype)
         self.m = xp.zeros(n, dtype=dtype)
         self.v = xp.zeros(n, dtype=dtype)
+        self.homes = []  # the (parameter, home) pairs this group set: backward may write gradients there
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
             self.data[a:b] = p.data.reshape(-1)
             p.data = self.data[a:b].reshape(p.data.shape)  # a view: updates land in the model
-            if hasattr(p, "grad_home"):  # a Parameter: backward may write its gradient here
+            if hasattr(p, "grad_home"):  # a Parameter
                 p.grad_home = self.grad[a:b].reshape(p.data.shape)
+                self.homes.append((p, p.grad_home))
 
     def gather_grads(self):
         """Copy each parameter's .grad into the flat gradient buffer (zeros where a grad is None);
@@ -95,6 +97,19 @@ class AdamW:
     def gather_grads(self):
         for g in self.groups:
             g.gather_grads()
+
+    def release_grad_homes(self):
+        """Detach the parameters from this optimiser's gradient buffer (the trainers call it when their
+        loop ends), so that a trained model does not keep the buffer alive: `grad_home` becomes None
+        and a `.grad` still living in the buffer becomes a copy of its own."""
+        for g in self.groups:
+            for p, home in g.homes:
+                if p.grad_home is not home:
+                    continue  # re-homed by another optimiser since
+                if p.grad is home:
+                    p.grad = home.copy()
+                p.grad_home = None
+            g.homes = []
 
     def grad_norm(self) -> float:
         """Global L2 norm of all gradients (call after gather_grads)."""

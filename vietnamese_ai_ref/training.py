@@ -271,6 +271,7 @@ def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, 
                 raise
     finally:
         model.train() if was_training else model.eval()
+        opt.release_grad_homes()  # the trained model must not keep the gradient buffer alive
     return {
         "history": history,
         "global_step": st["global_step"],
