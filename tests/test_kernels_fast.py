@@ -542,6 +542,25 @@ def test_threaded_parts_are_bit_identical(monkeypatch):
         np.testing.assert_array_equal(a, b_)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sum_of_squares_chunks_do_not_depend_on_threads(monkeypatch, dtype):
+    """The squared norm of a large gradient (fixed chunks shared among threads) is the same number for
+    any thread count, agrees with the exact sum to rounding, and is one dot product below the threshold."""
+    monkeypatch.setattr(kernels_mod, "PARALLEL_ELEMENTS", 1000)
+    monkeypatch.setattr(kernels_mod, "SUMSQ_CHUNK", 256)  # 20 chunks
+    monkeypatch.delenv(kernels_mod.KERNELS_ENV, raising=False)
+    x = np.random.default_rng(4).standard_normal(5000).astype(dtype)
+    exact = math.fsum(float(v) * float(v) for v in x)
+    got = {}
+    for n_threads in ("1", "2", "3"):
+        monkeypatch.setenv("VIETNAMESE_AI_NUM_THREADS", n_threads)
+        with B.use_backend("numpy", dtype=dtype) as be:
+            got[n_threads] = be.kernels.sum_of_squares(x)
+            assert be.kernels.sum_of_squares(x[:999]) == float(np.dot(x[:999], x[:999]))  # below: one dot
+    assert got["1"] == got["2"] == got["3"]
+    assert abs(got["1"] - exact) <= (1e-6 if dtype == "float32" else 1e-14) * exact
+
+
 @pytest.mark.slow
 def test_benchmark_script_smoke(tmp_path):
     """benchmarks/bench.py runs (config A, one step) and writes its JSON; with torch installed, the torch

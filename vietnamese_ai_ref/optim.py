@@ -113,8 +113,8 @@ class AdamW:
 
     def grad_norm(self) -> float:
         """Global L2 norm of all gradients (call after gather_grads)."""
-        xp = get_backend().xp
-        return math.sqrt(sum(float(xp.dot(g.grad, g.grad)) for g in self.groups))
+        k = get_backend().kernels
+        return math.sqrt(sum(k.sum_of_squares(g.grad) for g in self.groups))
 
     def scale_grads(self, coef: float):
         """Make the next step use the gradients times `coef` (gradient clipping). The multiplication
