@@ -13,7 +13,7 @@ from .autograd import no_grad
 from .backends import get_backend
 from .records import pad_batch, prepare_pairs
 from .sft import effective_max_len, resolve_tokenizer
-from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
+from .training import (LoopSettings, TrainerBase, check_callback, check_model,
                        run_loop)
 
 
@@ -40,18 +40,6 @@ class DPOTrainer(TrainerBase):
     def __init__(self, so_vong=1, kich_thuoc_batch=2, toc_do_hoc=5e-7, beta=0.1, label_smoothing=0.0,
                  gradient_accumulation=4, gradient_clip=1.0, max_seq_length=512, logging_steps=10, seed=42,
                  *, warmup_ratio=0.0, weight_decay=0.0):
-        self.so_vong = check_int("so_vong", so_vong)
-        self.kich_thuoc_batch = check_int("kich_thuoc_batch", kich_thuoc_batch)
-        self.toc_do_hoc = check_float("toc_do_hoc", toc_do_hoc, low=0.0, low_open=True)
-        self.beta = check_float("beta", beta, low=0.0, low_open=True)
-        self.label_smoothing = check_float("label_smoothing", label_smoothing, low=0.0, high=0.5)
-        self.gradient_accumulation = check_int("gradient_accumulation", gradient_accumulation)
-        self.gradient_clip = check_float("gradient_clip", gradient_clip, low=0.0)
-        self.max_seq_length = check_int("max_seq_length", max_seq_length, minimum=2)
-        self.logging_steps = check_int("logging_steps", logging_steps)
-        self.seed = check_int("seed", seed, minimum=0)
-        self.warmup_ratio = check_float("warmup_ratio", warmup_ratio, low=0.0, high=1.0)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         self._init_common({
             "so_vong": so_vong, "kich_thuoc_batch": kich_thuoc_batch, "toc_do_hoc": toc_do_hoc, "beta": beta,
             "label_smoothing": label_smoothing, "gradient_accumulation": gradient_accumulation,

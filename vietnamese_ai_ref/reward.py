@@ -13,7 +13,7 @@ from .autograd import no_grad
 from .backends import get_backend
 from .records import DataError, encode_for_scoring, pad_batch, prepare_pairs
 from .sft import effective_max_len, resolve_tokenizer
-from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
+from .training import (LoopSettings, TrainerBase, check_callback, check_int, check_model,
                        run_loop)
 
 
@@ -50,15 +50,6 @@ class RewardModel(TrainerBase):
 
     def __init__(self, toc_do_hoc=1e-5, seed=42, *, kich_thuoc_batch=4, gradient_accumulation=1,
                  gradient_clip=1.0, warmup_ratio=0.0, weight_decay=0.0, max_seq_length=512, logging_steps=10):
-        self.toc_do_hoc = check_float("toc_do_hoc", toc_do_hoc, low=0.0, low_open=True)
-        self.seed = check_int("seed", seed, minimum=0)
-        self.kich_thuoc_batch = check_int("kich_thuoc_batch", kich_thuoc_batch)
-        self.gradient_accumulation = check_int("gradient_accumulation", gradient_accumulation)
-        self.gradient_clip = check_float("gradient_clip", gradient_clip, low=0.0)
-        self.warmup_ratio = check_float("warmup_ratio", warmup_ratio, low=0.0, high=1.0)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        self.max_seq_length = check_int("max_seq_length", max_seq_length, minimum=2)
-        self.logging_steps = check_int("logging_steps", logging_steps)
         self._init_common({
             "toc_do_hoc": toc_do_hoc, "seed": seed, "kich_thuoc_batch": kich_thuoc_batch,
             "gradient_accumulation": gradient_accumulation, "gradient_clip": gradient_clip,

@@ -11,7 +11,7 @@ from . import losses
 from .autograd import no_grad
 from .backends import get_backend
 from .records import IGNORE_INDEX, pad_batch, prepare_sft
-from .training import (LoopSettings, TrainerBase, check_callback, check_float, check_int, check_model,
+from .training import (LoopSettings, TrainerBase, check_callback, check_model,
                        min_or_none, run_loop)
 
 
@@ -49,16 +49,6 @@ class SFTTrainer(TrainerBase):
     def __init__(self, so_vong=3, kich_thuoc_batch=4, toc_do_hoc=2e-5, gradient_accumulation=4,
                  gradient_clip=1.0, warmup_ratio=0.1, weight_decay=0.01, max_seq_length=512,
                  logging_steps=10, seed=42):
-        self.so_vong = check_int("so_vong", so_vong)
-        self.kich_thuoc_batch = check_int("kich_thuoc_batch", kich_thuoc_batch)
-        self.toc_do_hoc = check_float("toc_do_hoc", toc_do_hoc, low=0.0, low_open=True)
-        self.gradient_accumulation = check_int("gradient_accumulation", gradient_accumulation)
-        self.gradient_clip = check_float("gradient_clip", gradient_clip, low=0.0)
-        self.warmup_ratio = check_float("warmup_ratio", warmup_ratio, low=0.0, high=1.0)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        self.max_seq_length = check_int("max_seq_length", max_seq_length, minimum=2)
-        self.logging_steps = check_int("logging_steps", logging_steps)
-        self.seed = check_int("seed", seed, minimum=0)
         self._init_common({
             "so_vong": so_vong, "kich_thuoc_batch": kich_thuoc_batch, "toc_do_hoc": toc_do_hoc,
             "gradient_accumulation": gradient_accumulation, "gradient_clip": gradient_clip,

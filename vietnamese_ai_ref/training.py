@@ -395,12 +395,32 @@ def min_or_none(values):
     return min(vals) if vals else None
 
 
+#: The constructor parameters of the trainers and their rules (spec/errors.md A4): name -> checker.
+_SETTING_RULES = {
+    "so_vong": lambda n, v: check_int(n, v),
+    "kich_thuoc_batch": lambda n, v: check_int(n, v),
+    "toc_do_hoc": lambda n, v: check_float(n, v, low=0.0, low_open=True),
+    "beta": lambda n, v: check_float(n, v, low=0.0, low_open=True),
+    "label_smoothing": lambda n, v: check_float(n, v, low=0.0, high=0.5),
+    "gradient_accumulation": lambda n, v: check_int(n, v),
+    "gradient_clip": lambda n, v: check_float(n, v, low=0.0),
+    "warmup_ratio": lambda n, v: check_float(n, v, low=0.0, high=1.0),
+    "weight_decay": lambda n, v: check_float(n, v, low=0.0),
+    "max_seq_length": lambda n, v: check_int(n, v, minimum=2),
+    "logging_steps": lambda n, v: check_int(n, v),
+    "seed": lambda n, v: check_int(n, v, minimum=0),
+}
+
+
 class TrainerBase:
     """What every trainer shares: history, thong_ke() and the loop settings."""
 
     _result: dict | None
 
     def _init_common(self, config: dict):
+        """Check every constructor parameter in `config` (in its order) and set it as an attribute."""
+        for name, value in config.items():
+            setattr(self, name, _SETTING_RULES[name](name, value))
         self._config = dict(config)
         self._result = None
         self._history: dict = {}
