@@ -220,10 +220,7 @@ class KernelNamespace:
             m = x.max(axis=axis, keepdims=True)
             e = xp.exp(x - m)
             e /= e.sum(axis=axis, keepdims=True)
-            if out is not None:
-                out[...] = e
-                return out
-            return e
+            return _into(out, e)
         n = x.shape[-1]
         res = xp.empty(x.shape, dtype=x.dtype) if out is None else out
         tgt = res if res.flags.c_contiguous else xp.empty(res.shape, dtype=res.dtype)
@@ -243,11 +240,7 @@ class KernelNamespace:
         """y * (dy - sum(dy * y)); `out` (may be `dy` itself) receives the result when given."""
         xp = self.xp
         if axis % y.ndim != y.ndim - 1:
-            r = y * (dy - (dy * y).sum(axis=axis, keepdims=True))
-            if out is not None:
-                out[...] = r
-                return out
-            return r
+            return _into(out, y * (dy - (dy * y).sum(axis=axis, keepdims=True)))
         n = y.shape[-1]
         res = xp.empty(y.shape, dtype=dy.dtype) if out is None else out
         tgt = res if res.flags.c_contiguous else xp.empty(res.shape, dtype=res.dtype)
@@ -398,11 +391,7 @@ class KernelNamespace:
 
         k = min(threads(), len(starts))
         bounds = [len(starts) * i // k for i in range(k + 1)]
-        parts = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-        futures = [_pool(k - 1).submit(chunk_sums, p) for p in parts[1:]]
-        chunk_sums(parts[0])
-        for f in futures:
-            f.result()
+        _run_parts(chunk_sums, [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a])
         return sum(sums)
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -417,11 +406,7 @@ class KernelNamespace:
             fn(slice(0, n))
             return
         bounds = [n * i // k // BLOCK * BLOCK for i in range(k)] + [n]
-        parts = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-        futures = [_pool(k - 1).submit(fn, p) for p in parts[1:]]
-        fn(parts[0])
-        for f in futures:
-            f.result()
+        _run_parts(fn, [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a])
 
 
 #: Chunk of `sum_of_squares` on large buffers (fixed, so that the result does not depend on the threads).
@@ -446,6 +431,22 @@ def threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _into(out, r):
+    """r, written into `out` (and `out` returned) when an output array was given."""
+    if out is None:
+        return r
+    out[...] = r
+    return out
+
+
+def _run_parts(fn, parts):
+    """fn(part) for every part: the first on the calling thread, the others on the pool, concurrently."""
+    futures = [_pool(len(parts) - 1).submit(fn, p) for p in parts[1:]]
+    fn(parts[0])
+    for f in futures:
+        f.result()
 
 
 def _pool(workers: int):

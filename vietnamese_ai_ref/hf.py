@@ -24,7 +24,7 @@ from .autograd import Parameter
 from .backends import get_backend, host_np
 from .llama import MODEL_TYPES, LlamaConfig, LlamaLM, param_specs
 from .model import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _from_file_keys,
-                    _read_config_json, write_checkpoint_dir)
+                    _read_config_json, _read_json, write_checkpoint_dir)
 from .tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
 
 __all__ = [
@@ -119,17 +119,6 @@ def read_weights(path) -> dict:
         extra = (" (only safetensors is read: re-save with transformers' "
                  "save_pretrained(path, safe_serialization=True))")
     raise CheckpointError(f"Thiếu tệp / missing file: {single} or {index}{extra}")
-
-
-def _read_json(path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"JSON hỏng / invalid JSON in {path}: {e}") from e
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} phải là một đối tượng JSON / must hold a JSON object")
-    return raw
 
 
 def assign_arrays(expected: dict, named: dict) -> dict:

@@ -332,16 +332,9 @@ def _blocked_keys(xp, start, n_new, S: int, Tk: int, window):
 class LlamaKVCache(KVCache):
     """KVCache sized for grouped-query attention: k[i], v[i] are (B, n_kv_head, capacity, head_dim)."""
 
-    def __init__(self, cfg: LlamaConfig, batch: int, capacity: int):
-        be = get_backend()
-        xp = be.xp
-        if capacity > cfg.n_positions:
-            raise ValueError(f"KV cache capacity {capacity} > n_positions={cfg.n_positions}")
-        shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim)  # (B, KV, C, hd)
-        self.k = [xp.zeros(shape, dtype=be.dtype) for _ in range(cfg.num_hidden_layers)]
-        self.v = [xp.zeros(shape, dtype=be.dtype) for _ in range(cfg.num_hidden_layers)]
-        self.lengths = xp.zeros(batch, dtype=xp.int64)
-        self.capacity = capacity
+    @staticmethod
+    def _dims(cfg: LlamaConfig):
+        return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim  # only the KV heads are cached
 
 
 # ============================ the model ========================================================

@@ -155,11 +155,17 @@ class KVCache:
         xp = be.xp
         if capacity > cfg.n_positions:
             raise ValueError(f"KV cache capacity {capacity} > n_positions={cfg.n_positions}")
-        shape = (batch, cfg.n_head, capacity, cfg.head_size)  # (B, H, C, hd)
-        self.k = [xp.zeros(shape, dtype=be.dtype) for _ in range(cfg.n_layer)]
-        self.v = [xp.zeros(shape, dtype=be.dtype) for _ in range(cfg.n_layer)]
+        n_layer, heads, head_size = self._dims(cfg)
+        shape = (batch, heads, capacity, head_size)  # (B, H, C, hd)
+        self.k = [xp.zeros(shape, dtype=be.dtype) for _ in range(n_layer)]
+        self.v = [xp.zeros(shape, dtype=be.dtype) for _ in range(n_layer)]
         self.lengths = xp.zeros(batch, dtype=xp.int64)
         self.capacity = capacity
+
+    @staticmethod
+    def _dims(cfg: GPTConfig):
+        """(layers, cached heads, head size) of the model the cache serves."""
+        return cfg.n_layer, cfg.n_head, cfg.head_size
 
     def keep_rows(self, rows) -> None:
         """Drop the rows not listed (rows: int indices) from every buffer (finished generations)."""
@@ -727,8 +733,8 @@ _CHECKED_KEYS = {
 }
 
 
-def _read_config_json(path: str):
-    """(GPTConfig, score_head flag or None) from config.json; unknown keys raise CheckpointError."""
+def _read_json(path) -> dict:
+    """The JSON object in `path` (a config file); CheckpointError if it is not valid JSON or not an object."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -736,6 +742,12 @@ def _read_config_json(path: str):
         raise CheckpointError(f"JSON hỏng / invalid JSON in {path}: {e}") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} phải là một đối tượng JSON / must hold a JSON object")
+    return raw
+
+
+def _read_config_json(path: str):
+    """(GPTConfig, score_head flag or None) from config.json; unknown keys raise CheckpointError."""
+    raw = _read_json(path)
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     kwargs = {}
     score_head = None
