@@ -157,7 +157,7 @@ def sgemm_peak(xp, dtype, sync, n=1024, reps=10):
 class Ours:
     def __init__(self, cfg, dtype, backend):
         from vietnamese_ai_ref import backends
-        from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+        from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
         self.be = backends.set_backend(backend, dtype=dtype)
         self.cfg = cfg
@@ -170,7 +170,7 @@ class Ours:
         return self.model.state_dict()
 
     def _optimizer(self):
-        from vietnamese_ai_ref.optim import AdamW
+        from vietnamese_ai_ref.core.optim import AdamW
 
         if self.opt is None:
             self.opt = AdamW(self.model.named_parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -178,7 +178,7 @@ class Ours:
 
     def _update(self):
         """What training.run_loop does after the micro-batches: gather, clip, step."""
-        from vietnamese_ai_ref.optim import clip_coefficient
+        from vietnamese_ai_ref.core.optim import clip_coefficient
 
         opt = self.opt
         opt.gather_grads()

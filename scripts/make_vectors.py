@@ -337,7 +337,7 @@ _RM_PAIRS = [
 
 def _trainer_records(kind):
     if kind == "sft":
-        from vietnamese_ai_ref.tokenizer import ByteTokenizer
+        from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
 
         tok = ByteTokenizer()
         out = []
@@ -362,7 +362,7 @@ def _initial_parameters(rng: random.Random, kind: str) -> dict:
     """Explicit initial weights (GPT-2 names, Conv1D layout): Gaussian, LayerNorm weights around 1, every
     bias non-zero (so that a dropped or swapped bias shows at step 1), a score head for the reward model."""
     from vietnamese_ai_ref.backends import use_backend
-    from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+    from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
     mc = TRAINER_MODEL_CONFIG
     with use_backend("numpy", "float64"):
@@ -388,10 +388,10 @@ def _initial_parameters(rng: random.Random, kind: str) -> dict:
 
 def _trainer_case(kind: str, seed: int) -> dict:
     from vietnamese_ai_ref.backends import use_backend
-    from vietnamese_ai_ref.optim import no_decay, warmup_steps_for
-    from vietnamese_ai_ref.records import pad_batch, prepare_pairs, prepare_sft
-    from vietnamese_ai_ref.tokenizer import ByteTokenizer
-    from vietnamese_ai_ref.training import LoopSettings, epoch_order, plan_steps
+    from vietnamese_ai_ref.core.optim import no_decay, warmup_steps_for
+    from vietnamese_ai_ref.text.records import pad_batch, prepare_pairs, prepare_sft
+    from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
+    from vietnamese_ai_ref.trainers.loop import LoopSettings, epoch_order, plan_steps
 
     rng = random.Random(f"{seed}:trainer_{kind}")
     tc = dict(TRAINER_CONFIGS[kind])
@@ -436,7 +436,7 @@ def _trainer_case(kind: str, seed: int) -> dict:
         "micro_batches": micro_batches,
         "windows": windows,
     }
-    from vietnamese_ai_ref.conformance import _reference_trainer_run
+    from vietnamese_ai_ref.conformance.runner import _reference_trainer_run
 
     diagnostics = {}
     with use_backend("numpy", "float64"):  # = R.run_trainer_vector, from exactly what the file will hold
@@ -644,7 +644,7 @@ def _diff_trainer_case(committed, regenerated, rtol, atol, path) -> list:
     Python's random and integer code); `expected` within the case's own tolerances (it runs a model
     through BLAS, whose last bits — and the noise-integrating parameters, README — may move with
     NumPy/BLAS builds), as the conformance runner would compare it."""
-    from vietnamese_ai_ref.conformance import trainer_comparisons
+    from vietnamese_ai_ref.conformance.runner import trainer_comparisons
 
     if list(committed) != list(regenerated):
         return [f"{path}: keys differ ({list(committed)} vs {list(regenerated)})"]

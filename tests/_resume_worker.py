@@ -23,8 +23,10 @@ import time
 
 import numpy as np
 
-from vietnamese_ai_ref import DPOTrainer, RewardModel, SFTTrainer, checkpointing, optim
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref import DPOTrainer, RewardModel, SFTTrainer
+from vietnamese_ai_ref.core import optim
+from vietnamese_ai_ref.io import checkpoints as checkpointing
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 SFT_DATA = [{"instruction": f"Tính {a} + {b}", "output": f"{a + b}."} for a in range(4) for b in range(4)]
 PREF = [{"prompt": f"Tính {a} + {b}", "chosen": f"Dạ, {a + b} ạ.", "rejected": "Không biết."}

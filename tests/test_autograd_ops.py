@@ -1,4 +1,4 @@
-"""Every op of `vietnamese_ai_ref.autograd` differentiates correctly (gradcheck, float64).
+"""Every op of `vietnamese_ai_ref.core.autograd` differentiates correctly (gradcheck, float64).
 
 Shapes, broadcasting, axes and memory layouts (C-contiguous, transposed, strided with negative
 steps) are drawn by Hypothesis; values come from a seeded NumPy generator (drawn seed) and are kept
@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vietnamese_ai_ref import autograd as A
-from vietnamese_ai_ref.autograd import Tensor
+from vietnamese_ai_ref.core import autograd as A
+from vietnamese_ai_ref.core.autograd import Tensor
 from vietnamese_ai_ref.backends import get_backend
-from vietnamese_ai_ref.gradcheck import gradcheck
+from vietnamese_ai_ref.core.gradcheck import gradcheck
 
 # The `backend` fixture is function-scoped but stateless across examples (it only selects a backend).
 HYP = settings(

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from vietnamese_ai_ref import autograd as A
-from vietnamese_ai_ref.autograd import Tensor
+from vietnamese_ai_ref.core import autograd as A
+from vietnamese_ai_ref.core.autograd import Tensor
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")

@@ -298,7 +298,7 @@ def test_no_top_level_backends_module_installed(tmp_path):
     code = (
         "import importlib.util, sys, json\n"
         "spec = importlib.util.find_spec('backends')\n"
-        "import vietnamese_ai_ref, vietnamese_ai_ref.autograd, vietnamese_ai_ref.gradcheck\n"
+        "import vietnamese_ai_ref, vietnamese_ai_ref.core.autograd, vietnamese_ai_ref.core.gradcheck\n"
         "import vietnamese_ai_ref.backends as b\n"
         "print(json.dumps({'origin': getattr(spec, 'origin', None) if spec else None,\n"
         "                  'loaded': 'backends' in sys.modules, 'file': b.__file__}))\n"

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.model import CheckpointError, GPTConfig, TransformerLM
-from vietnamese_ai_ref.tokenizer import ByteTokenizer
+from vietnamese_ai_ref.models.gpt2 import CheckpointError, GPTConfig, TransformerLM
+from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
 
 CFG = dict(n_positions=16, n_embd=16, n_layer=2, n_head=2)
 

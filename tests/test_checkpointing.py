@@ -11,10 +11,11 @@ import signal
 import numpy as np
 import pytest
 
-from vietnamese_ai_ref import DPOTrainer, NonFiniteError, RewardModel, RLHFPipeline, SFTTrainer, checkpointing, losses
-from vietnamese_ai_ref.checkpointing import (DEFAULT_KEEP, DEFAULT_SAVE_EVERY, FORMAT_VERSION, INTERRUPT_DIR,
+from vietnamese_ai_ref import DPOTrainer, NonFiniteError, RewardModel, RLHFPipeline, SFTTrainer, losses
+from vietnamese_ai_ref.io import checkpoints as checkpointing
+from vietnamese_ai_ref.io.checkpoints import (DEFAULT_KEEP, DEFAULT_SAVE_EVERY, FORMAT_VERSION, INTERRUPT_DIR,
                                              CheckpointError, list_checkpoints, load_checkpoint, tim_checkpoint)
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 SFT_DATA = [{"instruction": f"Tính {a} + {b}", "output": f"{a + b}."} for a in range(4) for b in range(4)]
 PREF = [{"prompt": f"Tính {a} + {b}", "chosen": f"Dạ, {a + b} ạ.", "rejected": "Không biết."}
@@ -186,7 +187,7 @@ def test_dpo_and_reward_resume_in_process(tmp_path):
 
 
 def test_llama_model_resumes_bit_identical(tmp_path):
-    from vietnamese_ai_ref.llama import LlamaConfig, LlamaLM
+    from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaLM
 
     def llama():
         return LlamaLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -311,7 +312,7 @@ def test_ctrl_c_during_the_final_save_is_not_lost(tmp_path, monkeypatch):
 
 
 def test_cli_ctrl_c_prints_how_to_resume(tmp_path, monkeypatch, capsys):
-    from vietnamese_ai_ref import cli
+    from vietnamese_ai_ref.app import cli
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "d.jsonl"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vietnamese_ai_ref import conformance as C
+from vietnamese_ai_ref.conformance import runner as C
 
 ROOT = Path(__file__).resolve().parent.parent
 VEC = ROOT / "spec" / "vectors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from vietnamese_ai_ref.demo import load_demo_data, run_demo
+from vietnamese_ai_ref.app.demo import load_demo_data, run_demo
 
 
 def test_bundled_data_loads():

@@ -16,9 +16,9 @@ import pytest
 from vietnamese_ai_ref import (DataError, DPOTrainer, NonFiniteError, RewardModel, RLHFPipeline, SFTTrainer,
                                set_backend)
 from vietnamese_ai_ref.backends import BackendError, use_backend
-from vietnamese_ai_ref.checkpointing import CheckpointError, FORMAT_VERSION
-from vietnamese_ai_ref.jsonl import JsonlError, read_jsonl
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.io.checkpoints import CheckpointError, FORMAT_VERSION
+from vietnamese_ai_ref.text.jsonl import JsonlError, read_jsonl
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 CFG = dict(n_layer=1, n_embd=16, n_head=2, n_positions=64)
 GOOD = {"instruction": "Tính 1 + 1", "output": "2."}
@@ -141,8 +141,8 @@ def test_margin_beyond_the_training_dtype(model, margin):
     data = [{"chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": "b", "margin": margin}]
     check(lambda: RewardModel().huan_luyen(model, data), DataError, "bản ghi 1", "'margin'",
           "a finite number in float32 (|margin| <= 3.402823e+38)", model=model)
-    from vietnamese_ai_ref.records import prepare_pairs
-    from vietnamese_ai_ref.tokenizer import ByteTokenizer
+    from vietnamese_ai_ref.text.records import prepare_pairs
+    from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
 
     with use_backend("numpy", dtype="float64"):
         assert prepare_pairs(data, ByteTokenizer(), 64, require_prompt=False, allow_margin=True)[1]["margin"] == margin
@@ -306,7 +306,7 @@ def test_model_directory_errors(tmp_path):
 # =============================================================================================
 
 def cli(capsys, *argv):
-    from vietnamese_ai_ref.cli import main
+    from vietnamese_ai_ref.app.cli import main
 
     rc = main([*argv, "--quiet"] if argv[0] not in ("pipeline",) else [*argv])
     err = capsys.readouterr().err
@@ -344,7 +344,7 @@ def test_cli_bad_argument_value(tmp_path, capsys, data_file):
 
 
 def test_cli_missing_required_option(capsys):
-    from vietnamese_ai_ref.cli import main
+    from vietnamese_ai_ref.app.cli import main
 
     with pytest.raises(SystemExit) as ei:
         main(["reward", "--data", "x.jsonl"])

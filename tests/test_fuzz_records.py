@@ -13,9 +13,9 @@ import tempfile
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from vietnamese_ai_ref.jsonl import JsonlError, read_jsonl
-from vietnamese_ai_ref.records import IGNORE_INDEX, DataError, prepare_pairs, prepare_sft
-from vietnamese_ai_ref.tokenizer import ByteTokenizer
+from vietnamese_ai_ref.text.jsonl import JsonlError, read_jsonl
+from vietnamese_ai_ref.text.records import IGNORE_INDEX, DataError, prepare_pairs, prepare_sft
+from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 VOCAB = 259

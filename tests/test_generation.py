@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vietnamese_ai_ref.backends import get_backend, use_backend
-from vietnamese_ai_ref.generation import _choose
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.models.generation import _choose
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 PROMPTS = ["Xin chào", "a", "Hôm nay trời đẹp quá", ""]
 

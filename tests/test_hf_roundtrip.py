@@ -21,10 +21,10 @@ import pytest
 
 from vietnamese_ai_ref import DPOTrainer, SFTTrainer
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.hf import from_pretrained, save_pretrained
-from vietnamese_ai_ref.llama import LlamaConfig, LlamaLM
-from vietnamese_ai_ref.model import TransformerLM
-from vietnamese_ai_ref.tokenizer import TokenizerError
+from vietnamese_ai_ref.io.hf import from_pretrained, save_pretrained
+from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaLM
+from vietnamese_ai_ref.models.gpt2 import TransformerLM
+from vietnamese_ai_ref.text.tokenizer import TokenizerError
 
 IDS = np.array([[5, 17, 200, 33, 9, 100, 42], [7, 8, 9, 61, 0, 0, 0], [250, 3, 0, 0, 0, 0, 0]])
 MASK = (np.arange(7)[None, :] < np.array([[7], [4], [2]])).astype(np.int64)
@@ -267,7 +267,7 @@ def test_dpo_on_a_transformers_llama_saves_what_transformers_loads(exact_transfo
 
 def test_hf_tokenizer_protocol_and_chat_mask(tmp_path):
     pytest.importorskip("jinja2")
-    from vietnamese_ai_ref.hf_tokenizer import IGNORE_INDEX, HFTokenizer
+    from vietnamese_ai_ref.text.hf_tokenizer import IGNORE_INDEX, HFTokenizer
 
     tok = HFTokenizer.from_pretrained(write_tokenizer(tmp_path / "t"))
     assert (tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (300, None, 2, 0)
@@ -308,7 +308,7 @@ def test_hf_tokenizer_protocol_and_chat_mask(tmp_path):
 
 
 def test_special_tokens_fall_back_to_model_config_ids(tmp_path):
-    from vietnamese_ai_ref.hf_tokenizer import HFTokenizer
+    from vietnamese_ai_ref.text.hf_tokenizer import HFTokenizer
 
     d = write_tokenizer(tmp_path / "t", with_template=False)
     (d / "tokenizer_config.json").unlink()
@@ -321,7 +321,7 @@ def test_special_tokens_fall_back_to_model_config_ids(tmp_path):
 
 @pytest.mark.torch
 def test_chat_template_and_assistant_mask_match_transformers(transformers, tmp_path):
-    from vietnamese_ai_ref.hf_tokenizer import HFTokenizer
+    from vietnamese_ai_ref.text.hf_tokenizer import HFTokenizer
 
     d = write_tokenizer(tmp_path / "t")
     ours = HFTokenizer.from_pretrained(d)

@@ -18,13 +18,13 @@ import math
 import numpy as np
 import pytest
 
-from vietnamese_ai_ref import autograd as ag
+from vietnamese_ai_ref.core import autograd as ag
 from vietnamese_ai_ref import backends as B
 from vietnamese_ai_ref import losses
-from vietnamese_ai_ref import model as model_mod
+from vietnamese_ai_ref.models import gpt2 as model_mod
 from vietnamese_ai_ref.backends import kernels as kernels_mod
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
-from vietnamese_ai_ref.optim import AdamW, clip_coefficient
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
+from vietnamese_ai_ref.core.optim import AdamW, clip_coefficient
 
 TOL64 = 1e-12
 # float32 tolerances of the accelerated kernels against the float64 reference (|err| / max(1, |ref|)); a
@@ -508,7 +508,7 @@ def test_fast_exp64_accuracy():
 def test_threaded_parts_are_bit_identical(monkeypatch):
     """Large elementwise work (AdamW with the clip coefficient, gathering gradients) split over Python
     threads gives exactly the single-threaded result, whatever the number of threads."""
-    from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+    from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
     monkeypatch.setattr(kernels_mod, "PARALLEL_ELEMENTS", 1000)
     monkeypatch.setattr(kernels_mod, "BLOCK", 256)  # parts are whole blocks: small ones, so that there are 3

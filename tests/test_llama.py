@@ -1,6 +1,6 @@
 """LlamaLM without torch: config rules, parameter names, op and whole-model gradients (float64
 gradcheck), causality with right padding, sliding window, KV-cache generation, score head, copy,
-the trainers, and Hugging Face folders written and read by vietnamese_ai_ref.hf (errors included).
+the trainers, and Hugging Face folders written and read by vietnamese_ai_ref.io.hf (errors included).
 The cross-checks against transformers live in test_hf_roundtrip.py."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from vietnamese_ai_ref import DPOTrainer, RewardModel, SFTTrainer
-from vietnamese_ai_ref import autograd as ag
-from vietnamese_ai_ref.autograd import Parameter, Tensor
+from vietnamese_ai_ref.core import autograd as ag
+from vietnamese_ai_ref.core.autograd import Parameter, Tensor
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.gradcheck import gradcheck
-from vietnamese_ai_ref.hf import CheckpointError, from_pretrained, luu_mo_hinh, read_safetensors, save_pretrained, tai_mo_hinh
-from vietnamese_ai_ref.llama import LlamaConfig, LlamaKVCache, LlamaLM, apply_rotary, linear, rms_norm, rope_cos_sin, silu
+from vietnamese_ai_ref.core.gradcheck import gradcheck
+from vietnamese_ai_ref.io.hf import CheckpointError, from_pretrained, luu_mo_hinh, read_safetensors, save_pretrained, tai_mo_hinh
+from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaKVCache, LlamaLM, apply_rotary, linear, rms_norm, rope_cos_sin, silu
 
 TINY = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=24)
@@ -178,7 +178,7 @@ def test_full_model_gradcheck_with_padding(backend, kw):
 def test_gradients_written_into_optimiser_buffers(backend, kw):
     """With an optimiser, every projection's (and the head's) gradient lands in its flat buffer, the
     tied embedding accumulating head + embedding in place, with exactly the values of a model without one."""
-    from vietnamese_ai_ref.optim import AdamW
+    from vietnamese_ai_ref.core.optim import AdamW
 
     plain = tiny(**kw)
     homed = plain.copy()

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from vietnamese_ai_ref import losses as L
-from vietnamese_ai_ref.autograd import Tensor
+from vietnamese_ai_ref.core.autograd import Tensor
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.gradcheck import gradcheck
+from vietnamese_ai_ref.core.gradcheck import gradcheck
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

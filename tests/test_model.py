@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 
-from vietnamese_ai_ref import autograd as ag
+from vietnamese_ai_ref.core import autograd as ag
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.gradcheck import gradcheck
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.core.gradcheck import gradcheck
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 TINY = dict(n_positions=16, n_embd=16, n_layer=2, n_head=2)
 
@@ -164,7 +164,7 @@ def test_gradients_written_into_optimiser_buffers(backend, score_head):
     (Parameter.grad_home), the tied wte accumulating head + embedding there in place. The gradients
     are exactly those of the same model without an optimiser, also when two backward passes
     accumulate (gradient accumulation), and gather_grads leaves them in place."""
-    from vietnamese_ai_ref.optim import AdamW
+    from vietnamese_ai_ref.core.optim import AdamW
 
     plain = tiny()
     if score_head:
@@ -295,7 +295,7 @@ def test_state_dict_round_trip(backend):
 
 def test_modules_use_backend_layer_only():
     root = pathlib.Path(__file__).resolve().parents[1] / "vietnamese_ai_ref"
-    for name in ("model.py", "tokenizer.py", "generation.py"):
+    for name in ("models/gpt2.py", "text/tokenizer.py", "models/generation.py"):
         src = (root / name).read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(numpy|cupy)\b", src, re.M), name
         assert src.startswith('"""'), name

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from vietnamese_ai_ref import autograd as ag
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.core import autograd as ag
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

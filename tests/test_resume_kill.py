@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from vietnamese_ai_ref.checkpointing import list_checkpoints, load_checkpoint, tim_checkpoint
+from vietnamese_ai_ref.io.checkpoints import list_checkpoints, load_checkpoint, tim_checkpoint
 
 WORKER = os.path.join(os.path.dirname(__file__), "_resume_worker.py")
 KILLED = -signal.SIGKILL

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 
 def make_model(seed=0):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vietnamese_ai_ref.tokenizer import (
+from vietnamese_ai_ref.text.tokenizer import (
     TOKENIZER_CONFIG_NAME,
     ByteTokenizer,
     TokenizerError,

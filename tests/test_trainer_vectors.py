@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import vietnamese_ai_ref.dpo as dpo_mod
-import vietnamese_ai_ref.reward as reward_mod
-import vietnamese_ai_ref.training as training_mod
+import vietnamese_ai_ref.trainers.dpo as dpo_mod
+import vietnamese_ai_ref.trainers.reward as reward_mod
+import vietnamese_ai_ref.trainers.loop as training_mod
 from vietnamese_ai_ref import DPOTrainer, RewardModel, SFTTrainer
-from vietnamese_ai_ref import conformance as C
+from vietnamese_ai_ref.conformance import runner as C
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
-from vietnamese_ai_ref.optim import AdamW
-from vietnamese_ai_ref.records import pad_batch, prepare_pairs, prepare_sft
-from vietnamese_ai_ref.tokenizer import ByteTokenizer
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
+from vietnamese_ai_ref.core.optim import AdamW
+from vietnamese_ai_ref.text.records import pad_batch, prepare_pairs, prepare_sft
+from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 VEC = ROOT / "spec" / "vectors"

@@ -10,7 +10,7 @@ import pytest
 
 from vietnamese_ai_ref import DPOTrainer, RewardModel, RLHFPipeline, SFTTrainer
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 
 def tiny(seed=0, **kw):

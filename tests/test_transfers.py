@@ -21,8 +21,8 @@ import pytest
 
 from vietnamese_ai_ref import DPOTrainer, SFTTrainer
 from vietnamese_ai_ref import backends as B
-from vietnamese_ai_ref.autograd import Tensor
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.core.autograd import Tensor
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 BATCH = 2  # sequences (SFT) or pairs (DPO) per micro-batch; one micro-batch = one optimiser step here
 N_POSITIONS = 64

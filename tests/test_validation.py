@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vietnamese_ai_ref import DataError, DPOTrainer, RewardModel, RLHFPipeline, SFTTrainer
-from vietnamese_ai_ref.model import GPTConfig, TransformerLM
+from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 
 @pytest.fixture

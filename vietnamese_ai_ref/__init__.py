@@ -6,22 +6,21 @@ spec/ says (spec version `SPEC_VERSION`).
 What it is not: a fast production trainer; torch is never imported at run time.
 """
 
-__version__ = "0.1.0"
-SPEC_VERSION = "1.0"
+from ._version import SPEC_VERSION, __version__
 
-from .autograd import Tensor, no_grad, tensor
+from .core.autograd import Tensor, no_grad, tensor
 from .backends import get_backend, set_backend, use_backend
-from .dpo import DPOTrainer
-from .gradcheck import GradcheckError, gradcheck
-from .hf import from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh
-from .llama import LlamaConfig, LlamaLM
-from .model import CheckpointError, GPTConfig, TransformerLM
-from .pipeline import RLHFPipeline
-from .records import DataError
-from .reward import RewardModel
-from .sft import SFTTrainer
-from .tokenizer import ByteTokenizer
-from .training import NonFiniteError
+from .trainers.dpo import DPOTrainer
+from .core.gradcheck import GradcheckError, gradcheck
+from .io.hf import from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh
+from .models.llama import LlamaConfig, LlamaLM
+from .models.gpt2 import CheckpointError, GPTConfig, TransformerLM
+from .trainers.pipeline import RLHFPipeline
+from .text.records import DataError
+from .trainers.reward import RewardModel
+from .trainers.sft import SFTTrainer
+from .text.tokenizer import ByteTokenizer
+from .trainers.loop import NonFiniteError
 
 __all__ = [
     # the seeds' API

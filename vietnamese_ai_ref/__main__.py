@@ -1,7 +1,7 @@
-"""`python -m vietnamese_ai_ref`: the command-line tool (see cli.py)."""
+"""`python -m vietnamese_ai_ref`: the command-line tool (see app/cli.py)."""
 
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -28,8 +28,8 @@ import builtins
 import math
 import numbers
 
-from . import autograd as ag
-from .autograd import Tensor
+from .core import autograd as ag
+from .core.autograd import Tensor
 from .backends import get_backend
 
 __all__ = [

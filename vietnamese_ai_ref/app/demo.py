@@ -14,14 +14,14 @@ import os
 import time
 from importlib import resources
 
-from . import losses
-from .autograd import no_grad
-from .dpo import DPOTrainer, pair_logps
-from .jsonl import read_jsonl, write_json, write_jsonl
-from .model import GPTConfig, TransformerLM
-from .records import format_prompt, prepare_pairs
-from .reward import RewardModel
-from .sft import SFTTrainer
+from .. import losses
+from ..core.autograd import no_grad
+from ..trainers.dpo import DPOTrainer, pair_logps
+from ..text.jsonl import read_jsonl, write_json, write_jsonl
+from ..models.gpt2 import GPTConfig, TransformerLM
+from ..text.records import format_prompt, prepare_pairs
+from ..trainers.reward import RewardModel
+from ..trainers.sft import SFTTrainer
 
 #: The demo's settings. `quick` is the shortened run the tests use (direction of each figure only).
 SETTINGS = {
@@ -91,7 +91,7 @@ def policy_answers(model, prompts, max_new_tokens):
 
 
 def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
-    from .cli import Progress, make_run_dir, total_steps
+    from ..app.cli import Progress, make_run_dir, total_steps
 
     t0 = time.perf_counter()
     S = SETTINGS["quick" if quick else "full"]

@@ -8,12 +8,12 @@ What it is not: a separate network. The reward model *is* the transformer plus `
 
 from __future__ import annotations
 
-from . import losses
-from .autograd import no_grad
-from .backends import get_backend
-from .records import DataError, encode_for_scoring, pad_batch, prepare_pairs
-from .sft import effective_max_len, resolve_tokenizer
-from .training import (LoopSettings, TrainerBase, check_callback, check_int, check_model,
+from .. import losses
+from ..core.autograd import no_grad
+from ..backends import get_backend
+from ..text.records import DataError, encode_for_scoring, pad_batch, prepare_pairs
+from ..trainers.sft import effective_max_len, resolve_tokenizer
+from ..trainers.loop import (LoopSettings, TrainerBase, check_callback, check_int, check_model,
                        run_loop)
 
 

@@ -12,8 +12,8 @@ What it is not: a float32 tool. Run it under `use_backend(dtype="float64")`; it 
 
 from __future__ import annotations
 
-from .autograd import Tensor
-from .backends import get_backend
+from ..core.autograd import Tensor
+from ..backends import get_backend
 
 
 class GradcheckError(AssertionError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .backends import get_backend
+from ..backends import get_backend
 
 IGNORE_INDEX = -100
 

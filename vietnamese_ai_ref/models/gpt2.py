@@ -23,10 +23,10 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 
-from . import autograd as ag
-from .autograd import Parameter, Tensor, no_grad
-from .backends import get_backend, host_np
-from .tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
+from ..core import autograd as ag
+from ..core.autograd import Parameter, Tensor, no_grad
+from ..backends import get_backend, host_np
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
 
 __all__ = ["GPTConfig", "TransformerLM", "KVCache", "CheckpointError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -553,7 +553,7 @@ class TransformerLM:
                  top_p=None, do_sample: bool = False, seed: int = 0, use_cache: bool = True,
                  eos_token_id=None) -> list:
         """New token ids per prompt (eos included when produced). See generation.generate."""
-        from .generation import generate
+        from ..models.generation import generate
 
         return generate(self, input_ids_list, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, do_sample=do_sample, seed=seed, use_cache=use_cache, eos_token_id=eos_token_id)
@@ -561,7 +561,7 @@ class TransformerLM:
     def sinh_van_ban(self, prompts, max_new_tokens: int = 32, temperature: float = 1.0, top_k=None, top_p=None,
                      do_sample: bool = False, seed: int = 0, use_cache: bool = True, add_bos: bool = True) -> list:
         """Sinh văn bản / generate text: the continuation (str) of each prompt. See generation.sinh_van_ban."""
-        from .generation import sinh_van_ban
+        from ..models.generation import sinh_van_ban
 
         return sinh_van_ban(self, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, do_sample=do_sample, seed=seed, use_cache=use_cache, add_bos=add_bos)
@@ -585,7 +585,7 @@ class TransformerLM:
     luu = save  # lưu: save
 
     def _config_json(self, dtype: str) -> dict:
-        from . import __version__
+        from .._version import __version__
 
         c, tok = self.config, self.tokenizer
         arch = ["GPT2LMHeadModel"] + (["GPT2ForSequenceClassification"] if self.has_score_head else [])

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from .jsonl import JsonlError, read_jsonl, write_json, write_jsonl
+from ..text.jsonl import JsonlError, read_jsonl, write_json, write_jsonl
 
 EXIT_USAGE = 2
 
@@ -60,7 +60,7 @@ class Progress:
 
 
 def total_steps(n_records, batch_size, accumulation, epochs):
-    from .training import LoopSettings, plan_steps
+    from ..trainers.loop import LoopSettings, plan_steps
 
     s = LoopSettings(epochs=epochs, batch_size=batch_size, accumulation=accumulation, lr=1.0,
                      weight_decay=0.0, warmup_ratio=0.0, clip=0.0, logging_steps=1, seed=0)
@@ -82,7 +82,7 @@ def _load_records(path, what):
 
 
 def _load_model(path, *, new_ok=False, config_overrides=None):
-    from .model import GPTConfig, TransformerLM
+    from ..models.gpt2 import GPTConfig, TransformerLM
 
     if path is None:
         if not new_ok:
@@ -90,7 +90,7 @@ def _load_model(path, *, new_ok=False, config_overrides=None):
         return TransformerLM(GPTConfig(**(config_overrides or {})))
     if not os.path.isdir(path):
         raise CliError(f"--model: không tìm thấy thư mục / directory not found: {path}")
-    from .hf import from_pretrained
+    from ..io.hf import from_pretrained
 
     return from_pretrained(path)  # GPT-2 or Llama-family folders, ours or transformers
 
@@ -113,7 +113,7 @@ def _finish(run_dir, config, entries, result, model, quiet):
 # ---------------------------------------------------------------------------------------------
 
 def cmd_sft(a):
-    from .sft import SFTTrainer
+    from ..trainers.sft import SFTTrainer
 
     data = _load_records(a.data, "--data")
     val = _load_records(a.val, "--val") if a.val else None
@@ -134,7 +134,7 @@ def cmd_sft(a):
 
 
 def cmd_reward(a):
-    from .reward import RewardModel
+    from ..trainers.reward import RewardModel
 
     data = _load_records(a.data, "--data")
     model = _load_model(a.model)
@@ -152,7 +152,7 @@ def cmd_reward(a):
 
 
 def cmd_dpo(a):
-    from .dpo import DPOTrainer
+    from ..trainers.dpo import DPOTrainer
 
     data = _load_records(a.data, "--data")
     model = _load_model(a.model)
@@ -178,8 +178,8 @@ PIPELINE_KEYS = {"model", "data", "sft", "dpo", "reward", "out"}
 def cmd_pipeline(a):
     """pipeline --config FILE.toml: [model] (GPTConfig fields or path), [data] (sft, sft_val, preference),
     [sft], [reward], [dpo] (the trainers' parameters), out."""
-    from .model import GPTConfig, TransformerLM
-    from .pipeline import RLHFPipeline
+    from ..models.gpt2 import GPTConfig, TransformerLM
+    from ..trainers.pipeline import RLHFPipeline
 
     if not os.path.isfile(a.config):
         raise CliError(f"--config: không tìm thấy tệp / file not found: {a.config}")
@@ -237,7 +237,7 @@ def cmd_generate(a):
     model = _load_model(a.model)
     prompts = a.prompt
     if a.template:
-        from .records import format_prompt
+        from ..text.records import format_prompt
 
         prompts = [format_prompt(p) for p in prompts]
     outs = model.sinh_van_ban(prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
@@ -247,7 +247,7 @@ def cmd_generate(a):
 
 
 def cmd_score(a):
-    from .reward import RewardModel
+    from ..trainers.reward import RewardModel
 
     model = _load_model(a.model)
     texts = list(a.text or [])
@@ -260,13 +260,13 @@ def cmd_score(a):
 
 
 def cmd_conformance(a):
-    from . import conformance
+    from .. import conformance
 
     return conformance.main(a.rest)
 
 
 def cmd_demo(a):
-    from .demo import run_demo
+    from ..app.demo import run_demo
 
     run_demo(out=a.out, quiet=a.quiet, quick=a.quick, seed=a.seed)
 
@@ -381,12 +381,12 @@ def build_parser():
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    from .jsonl import JsonlError as _J
-    from .records import DataError
+    from ..text.jsonl import JsonlError as _J
+    from ..text.records import DataError
 
     user_errors = (CliError, DataError, _J, ValueError, FileNotFoundError)
     try:
-        from .model import CheckpointError
+        from ..models.gpt2 import CheckpointError
 
         user_errors = user_errors + (CheckpointError,)
     except ImportError:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import inspect
 import os
 
-from .dpo import DPOTrainer
-from .records import DataError, prepare_pairs, prepare_sft
-from .reward import RewardModel
-from .sft import SFTTrainer
+from ..trainers.dpo import DPOTrainer
+from ..text.records import DataError, prepare_pairs, prepare_sft
+from ..trainers.reward import RewardModel
+from ..trainers.sft import SFTTrainer
 
 
 def _check_config(name, cfg, cls, extra=()):
@@ -47,7 +47,7 @@ class RLHFPipeline:
 
     def __init__(self, sft_config=None, dpo_config=None, reward_config=None, *, thu_muc_checkpoint=None,
                  luu_moi=None, giu_lai=2):
-        from .training import check_int, check_path
+        from ..trainers.loop import check_int, check_path
 
         check_path("thu_muc_checkpoint", thu_muc_checkpoint)
         if luu_moi is not None:
@@ -142,12 +142,12 @@ class RLHFPipeline:
     def _resume_point(self, stage, tiep_tuc):
         if not tiep_tuc:
             return None
-        from .checkpointing import tim_checkpoint
+        from ..io.checkpoints import tim_checkpoint
 
         return tim_checkpoint(self._stage_ck(stage, None)["thu_muc_checkpoint"])
 
     def _policy_reward(self, model, reward_model, prompts) -> float:
-        from .records import format_prompt
+        from ..text.records import format_prompt
 
         answers = model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=self.so_token_sinh)
         scores = self.reward_model.cham_diem_cap(reward_model, prompts, answers)

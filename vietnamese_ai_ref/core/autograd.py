@@ -21,7 +21,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 
-from .backends import add_at, get_backend
+from ..backends import add_at, get_backend
 
 __all__ = [
     "Tensor", "tensor", "no_grad", "is_grad_enabled", "Parameter",

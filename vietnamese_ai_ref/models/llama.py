@@ -21,11 +21,11 @@ import copy as _copy
 import math
 from dataclasses import dataclass
 
-from . import autograd as ag
-from .autograd import Parameter, Tensor, _result, grad_out, no_grad
-from .backends import get_backend
-from .model import GPTConfig, KVCache, TransformerLM, _check_tokenizer, _column_sums
-from .tokenizer import ByteTokenizer
+from ..core import autograd as ag
+from ..core.autograd import Parameter, Tensor, _result, grad_out, no_grad
+from ..backends import get_backend
+from ..models.gpt2 import GPTConfig, KVCache, TransformerLM, _check_tokenizer, _column_sums
+from ..text.tokenizer import ByteTokenizer
 
 __all__ = [
     "LlamaConfig", "LlamaLM", "LlamaKVCache", "MODEL_TYPES",
@@ -379,7 +379,7 @@ class LlamaLM:
         """Set every parameter from `state` (name -> array) in place (optimizers keep working).
 
         Names and shapes must match exactly; `score.weight` in `state` attaches a score head."""
-        from .hf import assign_arrays
+        from ..io.hf import assign_arrays
 
         arrays = assign_arrays(self._expected_shapes("score.weight" in state), {n: (n, a) for n, a in state.items()})
         for n, arr in arrays.items():
@@ -534,7 +534,7 @@ class LlamaLM:
     # -- checkpoints (Hugging Face folders, see hf.py) ---------------------------------------
     def save(self, path) -> None:
         """Write a transformers-loadable folder (config.json, model.safetensors, tokenizer files), atomically."""
-        from .hf import save_pretrained
+        from ..io.hf import save_pretrained
 
         save_pretrained(self, path)
 
@@ -543,7 +543,7 @@ class LlamaLM:
     @classmethod
     def load(cls, path, tokenizer=None) -> "LlamaLM":
         """Read a Llama/Qwen2/Mistral folder (see hf.from_pretrained); the model is in eval mode."""
-        from .hf import CheckpointError, from_pretrained
+        from ..io.hf import CheckpointError, from_pretrained
 
         model = from_pretrained(path, tokenizer=tokenizer)
         if not isinstance(model, cls):

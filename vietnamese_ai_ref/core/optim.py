@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .backends import get_backend
+from ..backends import get_backend
 
 
 def no_decay(name: str, param) -> bool:

@@ -7,11 +7,11 @@ What it is not: a data pipeline (records.py) or a loop of its own (training.py).
 
 from __future__ import annotations
 
-from . import losses
-from .autograd import no_grad
-from .backends import get_backend
-from .records import IGNORE_INDEX, pad_batch, prepare_sft
-from .training import (LoopSettings, TrainerBase, check_callback, check_model,
+from .. import losses
+from ..core.autograd import no_grad
+from ..backends import get_backend
+from ..text.records import IGNORE_INDEX, pad_batch, prepare_sft
+from ..trainers.loop import (LoopSettings, TrainerBase, check_callback, check_model,
                        min_or_none, run_loop)
 
 
@@ -21,7 +21,7 @@ def resolve_tokenizer(tokenizer, model):
         return tokenizer
     if getattr(model, "tokenizer", None) is not None:
         return model.tokenizer
-    from .tokenizer import ByteTokenizer
+    from ..text.tokenizer import ByteTokenizer
 
     return ByteTokenizer()
 

@@ -14,9 +14,9 @@ number per generated token, so row r equals generating that prompt alone with `s
 
 from __future__ import annotations
 
-from .autograd import no_grad
-from .backends import get_backend
-from .model import KVCache
+from ..core.autograd import no_grad
+from ..backends import get_backend
+from ..models.gpt2 import KVCache
 
 __all__ = ["generate", "sinh_van_ban"]
 

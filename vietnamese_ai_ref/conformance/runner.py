@@ -59,10 +59,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import SPEC_VERSION
-from . import losses as L
-from .autograd import Tensor
-from .backends import host_np, use_backend
+from .._version import SPEC_VERSION
+from .. import losses as L
+from ..core.autograd import Tensor
+from ..backends import host_np, use_backend
 
 __all__ = [
     "FORMAT",
@@ -182,7 +182,7 @@ def decode(v):
 
 def default_vectors_dir() -> Path:
     """spec/vectors of the source tree this package was imported from."""
-    return Path(__file__).resolve().parent.parent / "spec" / "vectors"
+    return Path(__file__).resolve().parents[2] / "spec" / "vectors"
 
 
 def load_manifest(vectors_dir) -> dict:
@@ -204,12 +204,12 @@ class ReferenceAdapter:
 
     @staticmethod
     def _host(x):
-        from .backends import to_numpy
+        from ..backends import to_numpy
 
         return to_numpy(x.data if isinstance(x, Tensor) else x)
 
     def _arr(self, x, dtype=None):
-        from .backends import get_backend
+        from ..backends import get_backend
 
         return get_backend().asarray(host_np.asarray(x), dtype=dtype)
 
@@ -284,13 +284,13 @@ def _reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dic
     `diagnostics`, when given, receives `min_abs_pair_difference` per step (reward model: min |r_c − r_r|,
     DPO: min |chosen reward − rejected reward|), which scripts/make_vectors.py uses to keep the discrete
     accuracies away from ties."""
-    from . import dpo as _dpo
-    from . import reward as _reward
-    from .autograd import no_grad
-    from .backends import get_backend, to_numpy
-    from .model import GPTConfig, TransformerLM
-    from .optim import AdamW, clip_coefficient, linear_schedule
-    from .records import IGNORE_INDEX
+    from ..trainers import dpo as _dpo
+    from ..trainers import reward as _reward
+    from ..core.autograd import no_grad
+    from ..backends import get_backend, to_numpy
+    from ..models.gpt2 import GPTConfig, TransformerLM
+    from ..core.optim import AdamW, clip_coefficient, linear_schedule
+    from ..text.records import IGNORE_INDEX
 
     be = get_backend()
     xp = be.xp

@@ -20,12 +20,12 @@ import json
 import os
 import struct
 
-from .autograd import Parameter
-from .backends import get_backend, host_np
-from .llama import MODEL_TYPES, LlamaConfig, LlamaLM, param_specs
-from .model import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _from_file_keys,
+from ..core.autograd import Parameter
+from ..backends import get_backend, host_np
+from ..models.llama import MODEL_TYPES, LlamaConfig, LlamaLM, param_specs
+from ..models.gpt2 import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _from_file_keys,
                     _read_config_json, _read_json, write_checkpoint_dir)
-from .tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
 
 __all__ = [
     "from_pretrained", "save_pretrained", "tai_mo_hinh", "luu_mo_hinh", "read_safetensors", "read_weights",
@@ -259,7 +259,7 @@ def llama_config_from_hf(raw: dict, where: str = CONFIG_NAME) -> tuple:
 
 def llama_config_to_hf(cfg: LlamaConfig, *, dtype: str, score_head: bool, tokenizer=None) -> dict:
     """config.json for transformers (4.x and 5.x both read it); raises if the family cannot express cfg."""
-    from . import __version__
+    from .._version import __version__
 
     mt = cfg.model_type
     cls = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[mt]
@@ -353,7 +353,7 @@ def _llama_named(arrays: dict, cfg: LlamaConfig) -> dict:
 def _load_tokenizer(path: str, raw_config: dict, vocab_size: int):
     """tokenizer.json -> HFTokenizer; else our tokenizer_config.json; else ByteTokenizer when it fits."""
     if os.path.isfile(os.path.join(path, TOKENIZER_JSON)):
-        from .hf_tokenizer import HFTokenizer
+        from ..text.hf_tokenizer import HFTokenizer
 
         return HFTokenizer.from_pretrained(path, model_config=raw_config)
     tc = os.path.join(path, TOKENIZER_CONFIG_NAME)

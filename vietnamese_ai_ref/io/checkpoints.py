@@ -39,8 +39,8 @@ import tempfile
 import time
 import uuid
 
-from .backends import get_backend, host_np
-from .model import CheckpointError, _fsync_dir
+from ..backends import get_backend, host_np
+from ..models.gpt2 import CheckpointError, _fsync_dir
 
 __all__ = [
     "FORMAT_VERSION", "DEFAULT_SAVE_EVERY", "DEFAULT_KEEP", "INTERRUPT_DIR", "CheckpointError",
@@ -234,7 +234,7 @@ class TrainingCheckpoint:
         check_identity(self.identity, identity, self.path)
         if model is None:
             return
-        from .optim import no_decay
+        from ..core.optim import no_decay
 
         params = model.named_parameters()
         decay = [n for n, p in params.items() if not no_decay(n, p)]
@@ -348,7 +348,7 @@ def load_checkpoint(path) -> TrainingCheckpoint:
             )
         path = newest
     state = read_state(path)
-    from .hf import from_pretrained  # TransformerLM (gpt2) or LlamaLM, by the folder's model_type
+    from ..io.hf import from_pretrained  # TransformerLM (gpt2) or LlamaLM, by the folder's model_type
 
     model = from_pretrained(os.path.join(path, MODEL_DIR))
     oname = os.path.join(path, OPTIMIZER_NAME)
@@ -409,7 +409,7 @@ def write_checkpoint(directory, *, identity, loop_state, model, opt, rng_state=N
     newest `keep` (with `exclusive`, remove every other checkpoint). Returns its path."""
     from safetensors.numpy import save_file
 
-    from . import __version__
+    from .._version import __version__
 
     be = get_backend()
     directory = os.path.abspath(os.fspath(directory))

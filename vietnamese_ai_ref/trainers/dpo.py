@@ -8,12 +8,12 @@ What it is not: the loss formula itself (losses.dpo_loss) or a loop of its own (
 
 from __future__ import annotations
 
-from . import losses
-from .autograd import no_grad
-from .backends import get_backend
-from .records import pad_batch, prepare_pairs
-from .sft import effective_max_len, resolve_tokenizer
-from .training import (LoopSettings, TrainerBase, check_callback, check_model,
+from .. import losses
+from ..core.autograd import no_grad
+from ..backends import get_backend
+from ..text.records import pad_batch, prepare_pairs
+from ..trainers.sft import effective_max_len, resolve_tokenizer
+from ..trainers.loop import (LoopSettings, TrainerBase, check_callback, check_model,
                        run_loop)
 
 

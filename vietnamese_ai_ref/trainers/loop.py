@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 
-from .backends import get_backend
-from .optim import AdamW, clip_coefficient, linear_schedule, warmup_steps_for
+from ..backends import get_backend
+from ..core.optim import AdamW, clip_coefficient, linear_schedule, warmup_steps_for
 
 
 class NonFiniteError(FloatingPointError):
@@ -218,7 +218,7 @@ def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, 
 
     def save(directory=None, exclusive=False):
         nonlocal identity
-        from .checkpointing import write_checkpoint
+        from ..io.checkpoints import write_checkpoint
 
         if identity is None:
             identity = _identity(ck, s, model, examples, stat_keys, evaluate is not None)
@@ -290,7 +290,7 @@ def _save_on_interrupt(exc, ck, st, saved, save):
     """Checkpoint the last completed step (reusing one just written for it), attach its path to the
     KeyboardInterrupt as `checkpoint_path` and say where it is. A failing write is reported, not raised:
     the interrupt must still propagate."""
-    from .checkpointing import INTERRUPT_DIR
+    from ..io.checkpoints import INTERRUPT_DIR
 
     path = saved["path"]
     try:
@@ -306,13 +306,13 @@ def _save_on_interrupt(exc, ck, st, saved, save):
 
 
 def _dropout_state(model):
-    from .checkpointing import dropout_rng_state
+    from ..io.checkpoints import dropout_rng_state
 
     return dropout_rng_state(model)
 
 
 def _identity(ck, s, model, examples, stat_keys, has_eval):
-    from .checkpointing import run_identity
+    from ..io.checkpoints import run_identity
 
     return run_identity(kind=ck.kind, trainer_config=ck.trainer_config, settings=s, model=model,
                         examples=examples, stat_keys=stat_keys, has_eval=has_eval)
@@ -446,7 +446,7 @@ class TrainerBase:
                             bo_qua_batch_loi=False):
         """Check the checkpoint/resume keywords of huan_luyen (before any compute) and read the checkpoint
         to resume from. Returns (CheckpointOptions, skip_nonfinite)."""
-        from .checkpointing import CheckpointError, CheckpointOptions, list_checkpoints, load_checkpoint
+        from ..io.checkpoints import CheckpointError, CheckpointOptions, list_checkpoints, load_checkpoint
 
         check_path("thu_muc_checkpoint", thu_muc_checkpoint)
         check_path("tiep_tuc_tu", tiep_tuc_tu)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 
-from .tokenizer import TOKENIZER_CONFIG_NAME, TokenizerError, register_tokenizer
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME, TokenizerError, register_tokenizer
 
 __all__ = ["HFTokenizer", "TOKENIZER_JSON", "IGNORE_INDEX"]
 

@@ -169,7 +169,7 @@ def _read_config(directory) -> dict:
 def load_tokenizer(directory):
     """Rebuild the tokenizer saved in `directory` from its tokenizer_config.json."""
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):  # a Hugging Face tokenizer folder
-        from .hf_tokenizer import HFTokenizer
+        from ..text.hf_tokenizer import HFTokenizer
 
         return HFTokenizer.load(directory)
     cfg = _read_config(directory)
