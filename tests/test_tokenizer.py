@@ -9,13 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vietnamese_ai_ref.text.tokenizer import (
-    TOKENIZER_CONFIG_NAME,
-    ByteTokenizer,
-    TokenizerError,
-    load_tokenizer,
-    register_tokenizer,
-)
+from vietnamese_ai_ref.text.loading import load_tokenizer, register_tokenizer
+from vietnamese_ai_ref.text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError
 
 VI = "Xin chào, bạn khỏe không?"
 

@@ -13,65 +13,15 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from ..text.jsonl import JsonlError, read_jsonl, write_json, write_jsonl
+from .rundir import Progress, make_run_dir, total_steps
 
 EXIT_USAGE = 2
 
 
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# progress and run directories
-# ---------------------------------------------------------------------------------------------
-
-class Progress:
-    """A tqdm bar fed by the trainers' log callback; collects the log entries for metrics.jsonl."""
-
-    def __init__(self, total, desc, quiet, stage):
-        self.entries = []
-        self.stage = stage
-        self.last_step = 0
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="bước", dynamic_ncols=True, leave=True)
-
-    def __call__(self, info):
-        info = dict(info, stage=self.stage)
-        self.entries.append(info)
-        if self.bar is not None:
-            self.bar.update(info["step"] - self.last_step)
-            post = {"loss": f"{info['train_loss']:.4f}"}
-            for k in ("reward_margin", "accuracy", "reward_accuracy"):
-                if k in info:
-                    post[k.replace("reward_", "r_")] = f"{info[k]:.3f}"
-            self.bar.set_postfix(post)
-        self.last_step = info["step"]
-        return True
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def total_steps(n_records, batch_size, accumulation, epochs):
-    from ..trainers.loop import LoopSettings, plan_steps
-
-    s = LoopSettings(epochs=epochs, batch_size=batch_size, accumulation=accumulation, lr=1.0,
-                     weight_decay=0.0, warmup_ratio=0.0, clip=0.0, logging_steps=1, seed=0)
-    return plan_steps(n_records, s)[2]
-
-
-def make_run_dir(out, command):
-    if out is None:
-        out = os.path.join("runs", f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out, exist_ok=True)
-    return out
 
 
 def _load_records(path, what):
@@ -266,7 +216,7 @@ def cmd_conformance(a):
 
 
 def cmd_demo(a):
-    from ..app.demo import run_demo
+    from .demo import run_demo
 
     run_demo(out=a.out, quiet=a.quiet, quick=a.quick, seed=a.seed)
 
@@ -279,41 +229,38 @@ def _model_overrides(a):
     return {k: getattr(a, k) for k in ("n_layer", "n_embd", "n_head", "n_positions") if getattr(a, k, None)}
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="vietnamese-ai-ref",
-        description="Bộ công cụ căn chỉnh LLM (SFT, reward model, DPO) — bản tham chiếu NumPy/CuPy. "
-                    "LLM alignment toolkit (SFT, reward model, DPO), NumPy/CuPy reference implementation.",
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common(sp, *, out=True):
+    sp.add_argument("--quiet", action="store_true", help="tắt thanh tiến trình / no progress bars")
+    sp.add_argument("--seed", type=int, default=42, help="hạt giống ngẫu nhiên / random seed (42)")
+    if out:
+        sp.add_argument("--out", default=None, help="thư mục chạy / run directory (runs/<command>-<time>)")
 
-    def common(sp, *, out=True):
-        sp.add_argument("--quiet", action="store_true", help="tắt thanh tiến trình / no progress bars")
-        sp.add_argument("--seed", type=int, default=42, help="hạt giống ngẫu nhiên / random seed (42)")
-        if out:
-            sp.add_argument("--out", default=None, help="thư mục chạy / run directory (runs/<command>-<time>)")
 
+def _train_args(sp, *, epochs, lr, batch, accum=True):
+    sp.add_argument("--data", required=True, help="tệp JSONL / JSONL file of records")
+    sp.add_argument("--so-vong", dest="so_vong", type=int, default=epochs, help=f"số epoch / epochs ({epochs})")
+    sp.add_argument("--toc-do-hoc", dest="toc_do_hoc", type=float, default=lr, help=f"learning rate ({lr})")
+    sp.add_argument("--kich-thuoc-batch", dest="kich_thuoc_batch", type=int, default=batch,
+                    help=f"batch size ({batch})")
+    if accum:
+        sp.add_argument("--gradient-accumulation", dest="gradient_accumulation", type=int, default=1,
+                        help="gradient accumulation steps (1)")
+    sp.add_argument("--logging-steps", dest="logging_steps", type=int, default=1, help="log every N steps (1)")
+    sp.add_argument("--max-seq-length", dest="max_seq_length", type=int, default=512, help="max tokens (512)")
+    _common(sp)
+
+
+def _add_demo(sub):
     d = sub.add_parser("demo", help="SFT → reward model → DPO trên dữ liệu demo / the end-to-end demo",
                        description="Huấn luyện một mô hình nhỏ từ đầu (SFT → RM → DPO) trên dữ liệu tiếng Việt đi kèm, "
                                    "in bảng kết quả trên tập giữ lại và vẽ curves.png. Trains a tiny model from "
                                    "scratch on the bundled data and prints held-out figures.")
-    common(d)
+    _common(d)
     d.add_argument("--quick", action="store_true", help="bản rút gọn (cho kiểm thử) / shortened run (for tests)")
     d.set_defaults(func=cmd_demo)
 
-    def train_args(sp, *, epochs, lr, batch, accum=True):
-        sp.add_argument("--data", required=True, help="tệp JSONL / JSONL file of records")
-        sp.add_argument("--so-vong", dest="so_vong", type=int, default=epochs, help=f"số epoch / epochs ({epochs})")
-        sp.add_argument("--toc-do-hoc", dest="toc_do_hoc", type=float, default=lr, help=f"learning rate ({lr})")
-        sp.add_argument("--kich-thuoc-batch", dest="kich_thuoc_batch", type=int, default=batch,
-                        help=f"batch size ({batch})")
-        if accum:
-            sp.add_argument("--gradient-accumulation", dest="gradient_accumulation", type=int, default=1,
-                            help="gradient accumulation steps (1)")
-        sp.add_argument("--logging-steps", dest="logging_steps", type=int, default=1, help="log every N steps (1)")
-        sp.add_argument("--max-seq-length", dest="max_seq_length", type=int, default=512, help="max tokens (512)")
-        common(sp)
 
+def _add_training(sub):
     s = sub.add_parser("sft", help="huấn luyện SFT / supervised fine-tuning",
                        description="SFT trên tệp JSONL (input_ids/labels, instruction/input/output, prompt/completion "
                                    "hoặc messages). Without --model a new small model is created.")
@@ -322,13 +269,13 @@ def build_parser():
     s.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, default=0.1, help="warmup ratio (0.1)")
     for k, t in (("n_layer", int), ("n_embd", int), ("n_head", int), ("n_positions", int)):
         s.add_argument(f"--{k.replace('_', '-')}", dest=k, type=t, default=None, help=f"{k} of a new model")
-    train_args(s, epochs=3, lr=1e-3, batch=4)
+    _train_args(s, epochs=3, lr=1e-3, batch=4)
     s.set_defaults(func=cmd_sft)
 
     r = sub.add_parser("reward", help="huấn luyện reward model / train a reward model",
                        description="Reward model Bradley–Terry trên các cặp chosen/rejected (prompt, margin tuỳ chọn).")
     r.add_argument("--model", required=True, help="thư mục checkpoint / checkpoint directory")
-    train_args(r, epochs=1, lr=1e-4, batch=4, accum=False)
+    _train_args(r, epochs=1, lr=1e-4, batch=4, accum=False)
     r.set_defaults(func=cmd_reward)
 
     o = sub.add_parser("dpo", help="huấn luyện DPO / Direct Preference Optimization",
@@ -338,16 +285,18 @@ def build_parser():
     o.add_argument("--ref", default=None, help="mô hình tham chiếu / reference checkpoint (default: copy of --model)")
     o.add_argument("--beta", type=float, default=0.1, help="KL coefficient β (0.1)")
     o.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=0.0, help="ε in [0, 0.5] (0)")
-    train_args(o, epochs=1, lr=1e-4, batch=2)
+    _train_args(o, epochs=1, lr=1e-4, batch=2)
     o.set_defaults(func=cmd_dpo)
 
     pl = sub.add_parser("pipeline", help="SFT → RM → DPO từ tệp cấu hình / full pipeline from a TOML config",
                         description="Chạy RLHFPipeline.chay_day_du theo tệp TOML: [model], [data] (sft, preference), "
                                     "[sft], [reward], [dpo], out.")
     pl.add_argument("--config", required=True, help="tệp TOML / TOML file")
-    common(pl)
+    _common(pl)
     pl.set_defaults(func=cmd_pipeline)
 
+
+def _add_inference(sub):
     g = sub.add_parser("generate", help="sinh văn bản / generate text",
                        description="Sinh văn bản từ một checkpoint (greedy mặc định).")
     g.add_argument("--model", required=True, help="thư mục checkpoint / checkpoint directory")
@@ -359,7 +308,7 @@ def build_parser():
     g.add_argument("--temperature", type=float, default=1.0, help="(1.0)")
     g.add_argument("--top-k", dest="top_k", type=int, default=None, help="top-k")
     g.add_argument("--top-p", dest="top_p", type=float, default=None, help="top-p (nucleus)")
-    common(g, out=False)
+    _common(g, out=False)
     g.set_defaults(func=cmd_generate)
 
     sc = sub.add_parser("score", help="chấm điểm văn bản bằng reward model / score texts with a reward model",
@@ -367,7 +316,7 @@ def build_parser():
     sc.add_argument("--model", required=True, help="reward model checkpoint directory")
     sc.add_argument("--text", action="append", help="văn bản (lặp lại được) / text (repeatable)")
     sc.add_argument("--file", default=None, help="JSONL với khóa 'text' / JSONL with a 'text' key")
-    common(sc, out=False)
+    _common(sc, out=False)
     sc.set_defaults(func=cmd_score)
 
     c = sub.add_parser("conformance", help="kiểm tra một cài đặt khác với vector vàng / check an implementation",
@@ -375,6 +324,18 @@ def build_parser():
                                    "[--vectors DIR] [--only NAME]. Same as python -m vietnamese_ai_ref.conformance.")
     c.add_argument("rest", nargs=argparse.REMAINDER, help="module:adapter [options]")
     c.set_defaults(func=cmd_conformance)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="vietnamese-ai-ref",
+        description="Bộ công cụ căn chỉnh LLM (SFT, reward model, DPO) — bản tham chiếu NumPy/CuPy. "
+                    "LLM alignment toolkit (SFT, reward model, DPO), NumPy/CuPy reference implementation.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_training(sub)
+    _add_inference(sub)
     return p
 
 

@@ -22,6 +22,8 @@ from ..models.gpt2 import GPTConfig, TransformerLM
 from ..text.records import format_prompt, prepare_pairs
 from ..trainers.reward import RewardModel
 from ..trainers.sft import SFTTrainer
+from .plots import write_curves
+from .rundir import Progress, make_run_dir, total_steps
 
 #: The demo's settings. `quick` is the shortened run the tests use (direction of each figure only).
 SETTINGS = {
@@ -90,9 +92,19 @@ def policy_answers(model, prompts, max_new_tokens):
     return model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=max_new_tokens)
 
 
-def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
-    from ..app.cli import Progress, make_run_dir, total_steps
+def _stage(entries, quiet, desc, stage, n, trainer, epochs, train):
+    """Run one training stage under its progress bar; its log entries join `entries`."""
+    accum = getattr(trainer, "gradient_accumulation", 1)
+    bar = Progress(total_steps(n, trainer.kich_thuoc_batch, accum, epochs), desc, quiet, stage)
+    try:
+        result = train(bar)
+    finally:
+        bar.close()
+    entries += bar.entries
+    return result
 
+
+def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     t0 = time.perf_counter()
     S = SETTINGS["quick" if quick else "full"]
     data = load_demo_data()
@@ -103,30 +115,19 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     show = held_prompts[:3]
     entries = []
 
-    def bar(desc, stage, n, batch, accum, epochs):
-        return Progress(total_steps(n, batch, accum, epochs), desc, quiet, stage)
-
     model = TransformerLM(GPTConfig(seed=seed, **S["model"]))
     say(f"Mô hình / model: {model.num_parameters():,} tham số / parameters, {S['model']}")
 
     # 1. SFT
     sft = SFTTrainer(seed=seed, **S["sft"])
-    b = bar("1/3 SFT", "sft", len(data["sft_train"]), sft.kich_thuoc_batch, sft.gradient_accumulation, sft.so_vong)
-    try:
-        r_sft = sft.huan_luyen(model, data["sft_train"], du_lieu_val=data["sft_val"], callback=b)
-    finally:
-        b.close()
-    entries += b.entries
+    r_sft = _stage(entries, quiet, "1/3 SFT", "sft", len(data["sft_train"]), sft, sft.so_vong,
+                   lambda b: sft.huan_luyen(model, data["sft_train"], du_lieu_val=data["sft_val"], callback=b))
 
     # 2. Reward model, initialised from the SFT model (as in InstructGPT)
     rm_net = model.copy()
     rm = RewardModel(seed=seed, **S["reward"])
-    b = bar("2/3 Reward", "reward", len(data["pref_train"]), rm.kich_thuoc_batch, rm.gradient_accumulation, S["reward_epochs"])
-    try:
-        r_rm = rm.huan_luyen(rm_net, data["pref_train"], so_vong=S["reward_epochs"], callback=b)
-    finally:
-        b.close()
-    entries += b.entries
+    r_rm = _stage(entries, quiet, "2/3 Reward", "reward", len(data["pref_train"]), rm, S["reward_epochs"],
+                  lambda b: rm.huan_luyen(rm_net, data["pref_train"], so_vong=S["reward_epochs"], callback=b))
     rm_heldout_acc = reward_accuracy_on(rm, rm_net, heldout)
 
     # the policy's answers and their reward before DPO
@@ -136,12 +137,8 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
     # 3. DPO against a frozen copy of the SFT model
     ref = model.copy()
     dpo = DPOTrainer(seed=seed, **S["dpo"])
-    b = bar("3/3 DPO", "dpo", len(data["pref_train"]), dpo.kich_thuoc_batch, dpo.gradient_accumulation, dpo.so_vong)
-    try:
-        r_dpo = dpo.huan_luyen(model, ref, data["pref_train"], callback=b)
-    finally:
-        b.close()
-    entries += b.entries
+    r_dpo = _stage(entries, quiet, "3/3 DPO", "dpo", len(data["pref_train"]), dpo, dpo.so_vong,
+                   lambda b: dpo.huan_luyen(model, ref, data["pref_train"], callback=b))
     dpo_held = heldout_dpo_metrics(model, ref, heldout, dpo.beta)
     answers_after = policy_answers(model, held_prompts, S["max_new_tokens"])
     score_after = rm.cham_diem_cap(rm_net, held_prompts, answers_after)
@@ -202,45 +199,3 @@ def print_summary(s, run_dir, plot):
     print(f"Thư mục kết quả / run directory: {run_dir}")
     print("  summary.json, metrics.jsonl, config.json, policy/, reward_model/"
           + (", curves.png" if plot else " (cài matplotlib để có curves.png / install matplotlib for curves.png)"))
-
-
-def write_curves(path, r_sft, r_rm, r_dpo):
-    """Loss, margin and accuracy curves; skipped (returns False) when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(2, 2, figsize=(11, 7))
-    h = r_sft["history"]
-    ax[0, 0].plot(h["train_loss"], label="train")
-    if h["eval_loss"]:
-        n = len(h["train_loss"])
-        xs = [round((i + 1) * n / len(h["eval_loss"])) - 1 for i in range(len(h["eval_loss"]))]
-        ax[0, 0].plot(xs, h["eval_loss"], "o-", label="eval (mỗi epoch)")
-    ax[0, 0].set_title("SFT loss")
-    ax[0, 0].legend()
-    ax[0, 1].plot(r_rm["history"]["train_loss"], label="loss")
-    ax[0, 1].plot(r_rm["history"]["accuracy"], label="accuracy")
-    ax[0, 1].set_title("Reward model")
-    ax[0, 1].legend()
-    hd = r_dpo["history"]
-    ax[1, 0].plot(hd["train_loss"], label="loss")
-    ax[1, 0].plot(hd["reward_accuracy"], label="reward accuracy")
-    ax[1, 0].set_title("DPO")
-    ax[1, 0].legend()
-    ax[1, 1].plot(hd["chosen_rewards"], label="chosen")
-    ax[1, 1].plot(hd["rejected_rewards"], label="rejected")
-    ax[1, 1].plot(hd["reward_margin"], label="margin")
-    ax[1, 1].set_title("DPO rewards")
-    ax[1, 1].legend()
-    for a in ax.flat:
-        a.set_xlabel("log entry")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return True

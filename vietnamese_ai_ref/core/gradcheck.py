@@ -109,9 +109,6 @@ def gradcheck(
     return {"max_abs_err": worst, "checked": checked}
 
 
-
-
-
 def _unravel(j, shape):
     idx = []
     for s in reversed(shape):

@@ -25,7 +25,9 @@ from ..backends import get_backend, host_np
 from ..models.llama import MODEL_TYPES, LlamaConfig, LlamaLM, param_specs
 from ..models.gpt2 import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TransformerLM, _assign, _from_file_keys,
                     _read_config_json, _read_json, write_checkpoint_dir)
-from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
+from ..core.errors import TokenizerError
+from ..text.loading import load_tokenizer
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer
 
 __all__ = [
     "from_pretrained", "save_pretrained", "tai_mo_hinh", "luu_mo_hinh", "read_safetensors", "read_weights",

@@ -26,16 +26,15 @@ from dataclasses import dataclass
 from ..core import autograd as ag
 from ..core.autograd import Parameter, Tensor, no_grad
 from ..backends import get_backend, host_np
-from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, TokenizerError, load_tokenizer
+from ..core.errors import TokenizerError
+from ..text.loading import load_tokenizer
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer
+from ..core.errors import CheckpointError
 
 __all__ = ["GPTConfig", "TransformerLM", "KVCache", "CheckpointError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be written or read (missing/unexpected/mis-shaped tensor, bad config)."""
 
 
 # ============================ config ===========================================================

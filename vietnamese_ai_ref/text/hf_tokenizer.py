@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 
-from ..text.tokenizer import TOKENIZER_CONFIG_NAME, TokenizerError, register_tokenizer
+from ..core.errors import TokenizerError
+from .jsonl import read_json_object
+from .tokenizer import TOKENIZER_CONFIG_NAME
 
 __all__ = ["HFTokenizer", "TOKENIZER_JSON", "IGNORE_INDEX"]
 
@@ -63,17 +65,9 @@ def _token_text(v):
 
 
 def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"JSON hỏng / invalid JSON in {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} phải là một đối tượng JSON / must hold a JSON object")
-    return data
+    return read_json_object(path, error=TokenizerError)
 
 
-@register_tokenizer
 class HFTokenizer:
     """A `tokenizers.Tokenizer` with resolved bos/eos/pad ids and an optional jinja2 chat template.
 

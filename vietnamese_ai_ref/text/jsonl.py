@@ -1,7 +1,8 @@
 """JSONL files in and out: one record per line, errors that name the file and the line.
 
 What it is for: reading the record files the CLI takes (the format TRL users already have) and
-writing `metrics.jsonl`; every write goes to a temporary file that is renamed into place.
+writing `metrics.jsonl`; every write goes to a temporary file that is renamed into place. Also the one
+reader of JSON files that must hold an object (config.json, tokenizer_config.json, ...).
 What it is not: a record validator (records.py checks keys and types).
 """
 
@@ -10,10 +11,26 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from ..core.errors import JsonlError
 
 
-class JsonlError(ValueError):
-    """A JSONL file cannot be read: the message names the file and the line number."""
+def read_json_object(path, error=JsonlError) -> dict:
+    """The JSON object in the file `path`; `error` (an exception class) if it is missing, not valid
+    UTF-8/JSON, or not an object. Callers pass the error type of their layer (CheckpointError for a
+    model folder's config.json, TokenizerError for tokenizer_config.json)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise error(f"Thiếu tệp / missing file: {path}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"JSON hỏng / invalid JSON in {path}: {e}") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise error(f"JSON không đọc được / unreadable JSON in {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise error(f"{path} phải là một đối tượng JSON / must hold a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def read_jsonl(path) -> list:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import unicodedata
 
 from ..backends import get_backend
+from ..core.errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -20,10 +21,6 @@ IGNORE_INDEX = -100
 USER_HEADER = "### Câu hỏi:\n"
 ASSISTANT_HEADER = "### Trả lời:\n"
 SYSTEM_HEADER = "### Hệ thống:\n"
-
-
-class DataError(ValueError):
-    """A record or an argument is invalid. The message names record index, key, expected and received."""
 
 
 def _describe(v) -> str:

@@ -11,7 +11,7 @@ encode to different ids, and each decodes back to exactly what was encoded. Norm
 to NFC is the data layer's job, done before tokenisation (see spec/model.md).
 
 The tokenizer protocol (any class with these members plugs into the model, generation and
-checkpoints; register it with `register_tokenizer` so `load_tokenizer` can rebuild it):
+checkpoints; register it with `text.loading.register_tokenizer` so `load_tokenizer` can rebuild it):
 
     vocab_size: int                 number of ids (the model's config.vocab_size must be >= this)
     pad_token_id, bos_token_id, eos_token_id: int
@@ -29,31 +29,15 @@ from __future__ import annotations
 import json
 import os
 
-__all__ = [
-    "ByteTokenizer",
-    "TokenizerError",
-    "TOKENIZER_CONFIG_NAME",
-    "load_tokenizer",
-    "register_tokenizer",
-]
+from ..core.errors import TokenizerError
+from .jsonl import read_json_object
+
+__all__ = ["ByteTokenizer", "TokenizerError", "TOKENIZER_CONFIG_NAME", "read_tokenizer_config"]
 
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
 
-class TokenizerError(ValueError):
-    """A tokenizer cannot encode, decode, save or load what it was given."""
 
-
-_REGISTRY: dict[str, type] = {}
-
-
-def register_tokenizer(cls):
-    """Make a tokenizer class loadable by `load_tokenizer` under its class name (usable as decorator)."""
-    _REGISTRY[cls.__name__] = cls
-    return cls
-
-
-@register_tokenizer
 class ByteTokenizer:
     """UTF-8 bytes as ids 0..255, then `<pad>`=256, `<bos>`=257, `<eos>`=258. Lossless, no normalisation."""
 
@@ -141,7 +125,7 @@ class ByteTokenizer:
 
     @classmethod
     def load(cls, directory) -> "ByteTokenizer":
-        cfg = _read_config(directory)
+        cfg = read_tokenizer_config(directory)
         tok = cls()
         for key in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
             if key in cfg and cfg[key] != getattr(tok, key):
@@ -152,31 +136,6 @@ class ByteTokenizer:
         return tok
 
 
-def _read_config(directory) -> dict:
-    path = os.path.join(directory, TOKENIZER_CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise TokenizerError(f"Thiếu tệp / missing file: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"JSON hỏng / invalid JSON in {path}: {e}") from e
-    if not isinstance(cfg, dict):
-        raise TokenizerError(f"{path} phải là một đối tượng JSON / must hold a JSON object")
-    return cfg
-
-
-def load_tokenizer(directory):
-    """Rebuild the tokenizer saved in `directory` from its tokenizer_config.json."""
-    if os.path.isfile(os.path.join(directory, "tokenizer.json")):  # a Hugging Face tokenizer folder
-        from ..text.hf_tokenizer import HFTokenizer
-
-        return HFTokenizer.load(directory)
-    cfg = _read_config(directory)
-    name = cfg.get("tokenizer_class")
-    if name not in _REGISTRY:
-        raise TokenizerError(
-            f"Lớp tokenizer không xác định / unknown tokenizer class {name!r} in "
-            f"{os.path.join(directory, TOKENIZER_CONFIG_NAME)}; known: {sorted(_REGISTRY)}"
-        )
-    return _REGISTRY[name].load(directory)
+def read_tokenizer_config(directory) -> dict:
+    """tokenizer_config.json of `directory` as a dict; TokenizerError if missing or not a JSON object."""
+    return read_json_object(os.path.join(directory, TOKENIZER_CONFIG_NAME), error=TokenizerError)

@@ -27,10 +27,7 @@ import time
 
 from ..backends import get_backend
 from ..core.optim import AdamW, clip_coefficient, linear_schedule, warmup_steps_for
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss or gradient norm became NaN/inf; raised before the weights change."""
+from ..core.errors import NonFiniteError
 
 
 # ---------------------------------------------------------------------------------------------
