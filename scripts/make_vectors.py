@@ -391,7 +391,7 @@ def _trainer_case(kind: str, seed: int) -> dict:
     from vietnamese_ai_ref.core.optim import no_decay, warmup_steps_for
     from vietnamese_ai_ref.text.records import pad_batch, prepare_pairs, prepare_sft
     from vietnamese_ai_ref.text.tokenizer import ByteTokenizer
-    from vietnamese_ai_ref.trainers.loop import LoopSettings, epoch_order, plan_steps
+    from vietnamese_ai_ref.trainers.settings import LoopSettings, epoch_order, plan_steps
 
     rng = random.Random(f"{seed}:trainer_{kind}")
     tc = dict(TRAINER_CONFIGS[kind])

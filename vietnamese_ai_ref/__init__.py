@@ -20,7 +20,7 @@ from .text.records import DataError
 from .trainers.reward import RewardModel
 from .trainers.sft import SFTTrainer
 from .text.tokenizer import ByteTokenizer
-from .trainers.loop import NonFiniteError
+from .core.errors import NonFiniteError
 
 __all__ = [
     # the seeds' API

@@ -43,7 +43,7 @@ class Progress:
 
 
 def total_steps(n_records, batch_size, accumulation, epochs):
-    from ..trainers.loop import LoopSettings, plan_steps
+    from ..trainers.settings import LoopSettings, plan_steps
 
     s = LoopSettings(epochs=epochs, batch_size=batch_size, accumulation=accumulation, lr=1.0,
                      weight_decay=0.0, warmup_ratio=0.0, clip=0.0, logging_steps=1, seed=0)

@@ -25,98 +25,14 @@ import sys
 import threading
 import time
 
-from ..backends import get_backend
-from ..core.optim import AdamW, clip_coefficient, linear_schedule, warmup_steps_for
+from ..core.optim import AdamW, clip_coefficient, linear_schedule
 from ..core.errors import NonFiniteError
-
-
-# ---------------------------------------------------------------------------------------------
-# argument checks (Vietnamese first, the parameter name as written in the seeds)
-# ---------------------------------------------------------------------------------------------
-
-def _bad(name, expected_vi, expected_en, got):
-    return ValueError(
-        f"Tham số '{name}' không hợp lệ: cần {expected_vi}, nhận được {got!r} "
-        f"/ invalid '{name}': expected {expected_en}, got {got!r}"
-    )
-
-
-def check_int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise _bad(name, f"số nguyên ≥ {minimum}", f"an int ≥ {minimum}", v)
-    return v
-
-
-def check_float(name, v, *, low=None, high=None, low_open=False, allow_zero=True):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _bad(name, "một số thực hữu hạn", "a finite number", v)
-    v = float(v)
-    if low is not None and (v < low or (low_open and v == low)):
-        op = ">" if low_open else "≥"
-        raise _bad(name, f"số {op} {low}", f"a number {op} {low}", v)
-    if high is not None and v > high:
-        raise _bad(name, f"số ≤ {high}", f"a number ≤ {high}", v)
-    return v
-
-
-def check_callback(callback):
-    if callback is not None and not callable(callback):
-        raise _bad("callback", "một hàm (callable) hoặc None", "a callable or None", callback)
-
-
-def check_bool(name, v):
-    if not isinstance(v, bool):
-        raise _bad(name, "True hoặc False", "a bool", v)
-    return v
-
-
-def check_path(name, v):
-    if v is not None and not isinstance(v, (str, os.PathLike)):
-        raise _bad(name, "một đường dẫn (str/PathLike) hoặc None", "a path (str/PathLike) or None", v)
-    return v
-
-
-def check_model(model, name="model"):
-    needed = ("named_parameters", "config", "tokenizer")
-    if not all(hasattr(model, a) for a in needed):
-        raise ValueError(
-            f"'{name}' phải là một TransformerLM (thiếu {[a for a in needed if not hasattr(model, a)]}), "
-            f"nhận được {type(model).__name__} / '{name}' must be a TransformerLM, got {type(model).__name__}"
-        )
+from .settings import LoopSettings, check_bool, check_int, check_path, checked, epoch_order, plan_steps
 
 
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
-
-class LoopSettings:
-    """The loop's knobs, already validated by the trainer."""
-
-    def __init__(self, *, epochs, batch_size, accumulation, lr, weight_decay, warmup_ratio, clip,
-                 logging_steps, seed):
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.accumulation = accumulation
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_ratio = warmup_ratio
-        self.clip = clip
-        self.logging_steps = logging_steps
-        self.seed = seed
-
-
-def epoch_order(n: int, seed: int, epoch: int):
-    """The shuffled example order of one epoch: a permutation from a generator seeded by (seed, epoch)."""
-    return get_backend().host_rng([seed, epoch]).permutation(n).tolist()
-
-
-def plan_steps(n: int, s: LoopSettings):
-    """(micro-batches per epoch, optimiser steps per epoch, total steps, warmup steps)."""
-    micro = math.ceil(n / s.batch_size)
-    per_epoch = math.ceil(micro / s.accumulation)
-    total = per_epoch * s.epochs
-    return micro, per_epoch, total, warmup_steps_for(total, s.warmup_ratio)
-
 
 def _fresh_state(stat_keys, has_eval) -> dict:
     """The loop's whole mutable state: what a checkpoint stores and a resumed run starts from."""
@@ -392,23 +308,6 @@ def min_or_none(values):
     return min(vals) if vals else None
 
 
-#: The constructor parameters of the trainers and their rules (spec/errors.md A4): name -> checker.
-_SETTING_RULES = {
-    "so_vong": lambda n, v: check_int(n, v),
-    "kich_thuoc_batch": lambda n, v: check_int(n, v),
-    "toc_do_hoc": lambda n, v: check_float(n, v, low=0.0, low_open=True),
-    "beta": lambda n, v: check_float(n, v, low=0.0, low_open=True),
-    "label_smoothing": lambda n, v: check_float(n, v, low=0.0, high=0.5),
-    "gradient_accumulation": lambda n, v: check_int(n, v),
-    "gradient_clip": lambda n, v: check_float(n, v, low=0.0),
-    "warmup_ratio": lambda n, v: check_float(n, v, low=0.0, high=1.0),
-    "weight_decay": lambda n, v: check_float(n, v, low=0.0),
-    "max_seq_length": lambda n, v: check_int(n, v, minimum=2),
-    "logging_steps": lambda n, v: check_int(n, v),
-    "seed": lambda n, v: check_int(n, v, minimum=0),
-}
-
-
 class TrainerBase:
     """What every trainer shares: history, thong_ke() and the loop settings."""
 
@@ -417,7 +316,7 @@ class TrainerBase:
     def _init_common(self, config: dict):
         """Check every constructor parameter in `config` (in its order) and set it as an attribute."""
         for name, value in config.items():
-            setattr(self, name, _SETTING_RULES[name](name, value))
+            setattr(self, name, checked(name, value))
         self._config = dict(config)
         self._result = None
         self._history: dict = {}

@@ -14,10 +14,10 @@ from __future__ import annotations
 import inspect
 import os
 
-from ..trainers.dpo import DPOTrainer
+from .dpo import DPOTrainer
 from ..text.records import DataError, prepare_pairs, prepare_sft
-from ..trainers.reward import RewardModel
-from ..trainers.sft import SFTTrainer
+from .reward import RewardModel
+from .sft import SFTTrainer
 
 
 def _check_config(name, cfg, cls, extra=()):
@@ -47,7 +47,7 @@ class RLHFPipeline:
 
     def __init__(self, sft_config=None, dpo_config=None, reward_config=None, *, thu_muc_checkpoint=None,
                  luu_moi=None, giu_lai=2):
-        from ..trainers.loop import check_int, check_path
+        from .settings import check_int, check_path
 
         check_path("thu_muc_checkpoint", thu_muc_checkpoint)
         if luu_moi is not None:

@@ -11,8 +11,8 @@ from .. import losses
 from ..core.autograd import no_grad
 from ..backends import get_backend
 from ..text.records import IGNORE_INDEX, pad_batch, prepare_sft
-from ..trainers.loop import (LoopSettings, TrainerBase, check_callback, check_model,
-                       min_or_none, run_loop)
+from .loop import TrainerBase, min_or_none, run_loop
+from .settings import LoopSettings, check_callback, check_model
 
 
 def resolve_tokenizer(tokenizer, model):

@@ -1,0 +1,120 @@
+"""Settings of the trainers: the checks every constructor and `huan_luyen` argument goes through,
+and the loop's settings and step plan.
+
+What it is for: one bilingual error per bad setting, raised before any compute, naming the parameter
+as the seeds spell it, what was expected and what came (spec/errors.md A4); numpy scalars are accepted
+wherever the Python type is. `LoopSettings` and `plan_steps` say how many steps a run takes.
+What it is not: the loop itself (loop.py) or record validation (text/records.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from ..backends import get_backend
+from ..core.optim import warmup_steps_for
+
+
+def _bad(name, expected_vi, expected_en, got):
+    return ValueError(
+        f"Tham số '{name}' không hợp lệ: cần {expected_vi}, nhận được {got!r} "
+        f"/ invalid '{name}': expected {expected_en}, got {got!r}"
+    )
+
+
+def check_int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise _bad(name, f"số nguyên ≥ {minimum}", f"an int ≥ {minimum}", v)
+    return v
+
+
+def check_float(name, v, *, low=None, high=None, low_open=False, allow_zero=True):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _bad(name, "một số thực hữu hạn", "a finite number", v)
+    v = float(v)
+    if low is not None and (v < low or (low_open and v == low)):
+        op = ">" if low_open else "≥"
+        raise _bad(name, f"số {op} {low}", f"a number {op} {low}", v)
+    if high is not None and v > high:
+        raise _bad(name, f"số ≤ {high}", f"a number ≤ {high}", v)
+    return v
+
+
+def check_callback(callback):
+    if callback is not None and not callable(callback):
+        raise _bad("callback", "một hàm (callable) hoặc None", "a callable or None", callback)
+
+
+def check_bool(name, v):
+    if not isinstance(v, bool):
+        raise _bad(name, "True hoặc False", "a bool", v)
+    return v
+
+
+def check_path(name, v):
+    if v is not None and not isinstance(v, (str, os.PathLike)):
+        raise _bad(name, "một đường dẫn (str/PathLike) hoặc None", "a path (str/PathLike) or None", v)
+    return v
+
+
+def check_model(model, name="model"):
+    needed = ("named_parameters", "config", "tokenizer")
+    if not all(hasattr(model, a) for a in needed):
+        raise ValueError(
+            f"'{name}' phải là một TransformerLM (thiếu {[a for a in needed if not hasattr(model, a)]}), "
+            f"nhận được {type(model).__name__} / '{name}' must be a TransformerLM, got {type(model).__name__}"
+        )
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's knobs, already validated by the trainer."""
+
+    epochs: int
+    batch_size: int
+    accumulation: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    clip: float
+    logging_steps: int
+    seed: int
+
+
+def epoch_order(n: int, seed: int, epoch: int):
+    """The shuffled example order of one epoch: a permutation from a generator seeded by (seed, epoch)."""
+    return get_backend().host_rng([seed, epoch]).permutation(n).tolist()
+
+
+def plan_steps(n: int, s: LoopSettings):
+    """(micro-batches per epoch, optimiser steps per epoch, total steps, warmup steps)."""
+    micro = math.ceil(n / s.batch_size)
+    per_epoch = math.ceil(micro / s.accumulation)
+    total = per_epoch * s.epochs
+    return micro, per_epoch, total, warmup_steps_for(total, s.warmup_ratio)
+
+
+#: The constructor parameters of the trainers and their rules (spec/errors.md A4): name -> checker.
+SETTING_RULES = {
+    "so_vong": lambda n, v: check_int(n, v),
+    "kich_thuoc_batch": lambda n, v: check_int(n, v),
+    "toc_do_hoc": lambda n, v: check_float(n, v, low=0.0, low_open=True),
+    "beta": lambda n, v: check_float(n, v, low=0.0, low_open=True),
+    "label_smoothing": lambda n, v: check_float(n, v, low=0.0, high=0.5),
+    "gradient_accumulation": lambda n, v: check_int(n, v),
+    "gradient_clip": lambda n, v: check_float(n, v, low=0.0),
+    "warmup_ratio": lambda n, v: check_float(n, v, low=0.0, high=1.0),
+    "weight_decay": lambda n, v: check_float(n, v, low=0.0),
+    "max_seq_length": lambda n, v: check_int(n, v, minimum=2),
+    "logging_steps": lambda n, v: check_int(n, v),
+    "seed": lambda n, v: check_int(n, v, minimum=0),
+}
+
+
+
+
+def checked(name: str, value):
+    """`value` of the trainer setting `name` after its rule in SETTING_RULES (raises if it is bad)."""
+    return SETTING_RULES[name](name, value)
