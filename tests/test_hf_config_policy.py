@@ -314,3 +314,30 @@ def test_generation_config_dict_loads_in_transformers(tmp_path, eos, bos, pad):
     g = transformers.GenerationConfig.from_pretrained(str(tmp_path))
     assert g.eos_token_id == (eos[0] if len(eos) == 1 else eos)
     assert (g.bos_token_id, g.pad_token_id) == (bos, pad)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral"])
+def test_configs_transformers_writes_today_are_classified(family, tmp_path, fresh_warnings):
+    """config.json as the installed transformers writes it for each family: no unknown key, and the
+    same config as the current loader."""
+    T = pytest.importorskip("transformers")
+    small = dict(vocab_size=300, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=32)
+    cfg = {"gpt2": lambda: T.GPT2Config(vocab_size=300, n_positions=32, n_embd=16, n_layer=2, n_head=2),
+           "llama": lambda: T.LlamaConfig(**small, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5,
+                                                                    "factor": 8.0, "low_freq_factor": 1.0,
+                                                                    "high_freq_factor": 4.0,
+                                                                    "original_max_position_embeddings": 16}),
+           "qwen2": lambda: T.Qwen2Config(**small, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+           "mistral": lambda: T.MistralConfig(**small, sliding_window=3)}[family]()
+    cfg.save_pretrained(str(tmp_path))
+    raw = json.loads((tmp_path / "config.json").read_text())
+    ours = build(raw)
+    assert key_warnings(fresh_warnings) == []
+    if family == "gpt2":
+        assert ours == model._read_config_json(str(tmp_path / "config.json"))[0]
+    else:
+        assert ours == hf.llama_config_from_hf(raw)[0]
+    if family == "qwen2":
+        assert ours.layer_types == ["full_attention", "sliding_attention"] and ours.sliding_window == 4
