@@ -395,7 +395,8 @@ def _folder(tmp_path, **config_changes):
 
 @pytest.mark.parametrize("changes,match", [
     (dict(model_type="falcon"), "unsupported model_type 'falcon'"),
-    (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}), "type 'llama3'"),
+    (dict(rope_parameters={"rope_type": "dynamic", "factor": 8.0, "rope_theta": 5e5}), "type 'dynamic'"),
+    (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}), "low_freq_factor must be"),
     (dict(rope_parameters=KeyError, rope_scaling={"type": "yarn", "factor": 4.0}), "type 'yarn'"),
     (dict(hidden_act="gelu"), "hidden_act='gelu'"),
     (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),

@@ -209,11 +209,13 @@ def llama_config_from_hf(raw: dict, where: str = CONFIG_NAME) -> tuple:
     rs = None if rp is None else {k: v for k, v in rp.items() if k not in ("rope_theta", "partial_rotary_factor")}
     if rs is not None:
         kind = rs.get("rope_type", rs.get("type", "default"))
-        if kind not in (None, "default", "linear"):
+        if kind not in (None, "default", "linear", "llama3"):
             raise CheckpointError(
                 f"rope_scaling loại {kind!r} không được hỗ trợ / unsupported rope_scaling/rope_parameters type "
-                f"{kind!r} in {where} (supported: 'default', 'linear')"
+                f"{kind!r} in {where} (supported: 'default', 'linear', 'llama3')"
             )
+        if kind == "llama3":  # transformers' default for the pre-training context length
+            rs.setdefault("original_max_position_embeddings", raw.get("max_position_embeddings"))
     kw["rope_scaling"] = rs
     # per-family attention details
     if mt != "llama":
@@ -279,9 +281,7 @@ def llama_config_to_hf(cfg: LlamaConfig, *, dtype: str, score_head: bool, tokeni
     if mt == "mistral" and sliding and "full_attention" in cfg.layer_types:
         raise CheckpointError("Mistral: sliding_window áp dụng cho mọi lớp / Mistral applies sliding_window to "
                               f"every layer, got layer_types={cfg.layer_types}")
-    rope = {"rope_type": "default" if cfg.rope_scaling is None else "linear", "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling is not None:
-        rope["factor"] = cfg.rope_scaling["factor"]
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})}
     out = {
         "architectures": [f"{cls}ForCausalLM"] + ([f"{cls}ForSequenceClassification"] if score_head else []),
         "model_type": mt,
@@ -296,8 +296,8 @@ def llama_config_to_hf(cfg: LlamaConfig, *, dtype: str, score_head: bool, tokeni
         "hidden_act": "silu",
         "rms_norm_eps": cfg.rms_norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers 4.x spelling
-        "rope_scaling": None if cfg.rope_scaling is None else {"type": "linear", "rope_type": "linear",
-                                                               "factor": cfg.rope_scaling["factor"]},
+        "rope_scaling": None if cfg.rope_scaling is None else {"type": cfg.rope_scaling["rope_type"],
+                                                               **cfg.rope_scaling},
         "rope_parameters": rope,  # transformers 5.x spelling
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "attention_dropout": cfg.attention_dropout,

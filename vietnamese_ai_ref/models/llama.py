@@ -1,7 +1,7 @@
 """The Llama family (Llama, Qwen2, Mistral) as a second model of the reference implementation.
 
 What it is for: `LlamaLM`, a pre-norm decoder with RMSNorm, rotary position embeddings (transformers'
-`rotate_half` convention, optional linear scaling), grouped-query attention (optional sliding window),
+`rotate_half` convention, optional linear or Llama 3 scaling), grouped-query attention (optional sliding window),
 a SwiGLU MLP and an LM head tied to the embedding or not, over the autograd of
 `vietnamese_ai_ref.autograd`, with transformers' parameter names (`model.layers.0.self_attn.q_proj.weight`,
 ...) and nn.Linear's (out, in) weight layout (every projection computes x @ W.T + b). It offers the
@@ -10,7 +10,7 @@ cache, save/load), so SFTTrainer, DPOTrainer, RewardModel and generation use it 
 needs beyond autograd.py (`silu`, `rms_norm`, `apply_rotary`, `linear`) live here, each with its
 backward beside its forward. Hugging Face folders are read and written by `vietnamese_ai_ref.hf`.
 
-What it is not: a general model zoo. No rope scaling other than "linear", no mixture of experts, no
+What it is not: a general model zoo. No rope scaling other than "linear" and "llama3", no mixture of experts, no
 quantised weights, no mixed precision, no flash attention; float32/float64 only. Its init RNG stream is
 a convenience (real use loads weights with `hf.from_pretrained`).
 """
@@ -26,6 +26,7 @@ from ..core.autograd import Parameter, Tensor, _result, grad_out, no_grad
 from ..backends import get_backend
 from ..models.gpt2 import GPTConfig, KVCache, TransformerLM, _check_tokenizer, _column_sums
 from ..text.tokenizer import ByteTokenizer
+from .rope import rope_inv_freq
 
 __all__ = [
     "LlamaConfig", "LlamaLM", "LlamaKVCache", "MODEL_TYPES",
@@ -57,7 +58,7 @@ class LlamaConfig:
     max_position_embeddings: int = 256  # longest sequence the model accepts (= n_positions)
     rms_norm_eps: float = 1e-6  # eps added to mean(x²) inside every RMSNorm
     rope_theta: float = 10000.0  # base of the rotary frequencies theta^(-2i/head_dim)
-    rope_scaling: dict | None = None  # None, or {"rope_type": "linear", "factor": f} (positions / f)
+    rope_scaling: dict | None = None  # None, {"rope_type": "linear", "factor": f} or "llama3" (normalize_rope_scaling)
     attention_bias: bool | None = None  # biases on q_proj/k_proj/v_proj; None = the model_type's default
     o_proj_bias: bool | None = None  # bias on o_proj; None = llama: attention_bias, qwen2/mistral: False
     mlp_bias: bool = False  # biases on gate_proj/up_proj/down_proj (Llama's mlp_bias)
@@ -153,7 +154,9 @@ class LlamaConfig:
 
 
 def normalize_rope_scaling(rs):
-    """None (plain rotary) or {"rope_type": "linear", "factor": f}; any other rope type raises naming it.
+    """None (plain rotary), {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor": f,
+    "low_freq_factor": lo, "high_freq_factor": hi, "original_max_position_embeddings": n}; any other
+    rope type raises naming it.
 
     Accepts transformers' spellings: {"type": ...} (old), {"rope_type": ...} (new), "default" = None.
     """
@@ -164,18 +167,32 @@ def normalize_rope_scaling(rs):
     kind = rs.get("rope_type", rs.get("type", "default"))
     if kind in (None, "default"):
         return None
-    if kind != "linear":
+    if kind not in _ROPE_KEYS:
         raise _invalid(
             f"rope_scaling loại {kind!r} không được hỗ trợ / unsupported rope_scaling type {kind!r} "
-            f"(supported: None/'default', 'linear')"
+            f"(supported: None/'default', 'linear', 'llama3')"
         )
-    extra = sorted(set(rs) - {"rope_type", "type", "factor", "rope_theta", "original_max_position_embeddings"})
+    known = {"rope_type", "type", "rope_theta", "original_max_position_embeddings", *_ROPE_KEYS[kind]}
+    extra = sorted(set(rs) - known)
     if extra:
-        raise _invalid(f"rope_scaling has unsupported keys {extra} for type 'linear'")
-    factor = rs.get("factor")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
-        raise _invalid(f"rope_scaling.factor must be a number > 0, got {factor!r}")
-    return {"rope_type": "linear", "factor": float(factor)}
+        raise _invalid(f"rope_scaling has unsupported keys {extra} for type {kind!r}")
+    out = {"rope_type": kind}
+    for key in _ROPE_KEYS[kind]:
+        v = rs.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise _invalid(f"rope_scaling.{key} must be a number > 0, got {v!r}")
+        out[key] = int(v) if key == "original_max_position_embeddings" else float(v)
+    if kind == "llama3" and not out["high_freq_factor"] > out["low_freq_factor"]:
+        raise _invalid(f"rope_scaling.high_freq_factor={out['high_freq_factor']} must exceed "
+                       f"low_freq_factor={out['low_freq_factor']}")
+    return out
+
+
+# rope type -> the numbers it needs (all > 0)
+_ROPE_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
 # ============================ ops (backward beside forward) ====================================
@@ -253,15 +270,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def rope_cos_sin(cfg: LlamaConfig, positions):
     """cos, sin tables (*positions.shape, head_dim) in the backend dtype, computed in float64.
 
-    inv_freq[i] = theta^(-2i/head_dim) (divided by the linear factor when scaled); angles are
+    inv_freq from `models.rope.rope_inv_freq` (theta^(-2i/head_dim), linear or llama3 scaled); angles are
     position · inv_freq, repeated over both halves as transformers does (cat(freqs, freqs)).
     """
     be = get_backend()
     xp = be.xp
     hd = cfg.head_dim
-    inv = 1.0 / (float(cfg.rope_theta) ** (xp.arange(0, hd, 2, dtype=xp.float64) / hd))  # (hd/2,)
-    if cfg.rope_scaling is not None:
-        inv = inv / cfg.rope_scaling["factor"]
+    inv = xp.asarray(rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling))  # (hd/2,) float64
     f = positions.astype(xp.float64)[..., None] * inv  # (..., hd/2)
     emb = xp.concatenate([f, f], axis=-1)  # (..., hd)
     return xp.cos(emb).astype(be.dtype), xp.sin(emb).astype(be.dtype)
