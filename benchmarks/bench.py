@@ -516,7 +516,7 @@ def profile(args, top=25):
     st = pstats.Stats(prof)
     fused = 0.0  # model.py's fused ops: their own time is their GEMMs (xp.matmul is not a profiled call)
     for (path, _line, func), (_cc, _nc, tottime, _ct, _callers) in st.stats.items():
-        if path.endswith("model.py") and func in ("_linear", "_linear_t", "_causal_attention", "backward"):
+        if path.endswith("fused.py") and func in ("linear_in_out", "linear", "causal_attention", "backward"):
             fused += tottime
     print(f"GEMMs (+ bias adds, masks) in model.py's fused linear/attention ops: {fused / steps * 1e3:.1f} ms per "
           f"step ({100 * fused / steps / per_step:.0f} %); kernels {100 * sum(spent.values()) / steps / per_step:.0f} %")

@@ -70,7 +70,7 @@ def test_layout_pruning_and_contents(tmp_path):
     assert sorted(os.listdir(ck)) == ["checkpoint-00000010", "checkpoint-00000012"]
     last = ck / "checkpoint-00000012"
     assert sorted(os.listdir(last)) == ["model", "optimizer.safetensors", "trainer_state.json"]
-    assert sorted(os.listdir(last / "model")) == ["config.json", "model.safetensors", "tokenizer_config.json"]
+    assert sorted(os.listdir(last / "model")) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"]
     with open(last / "trainer_state.json", encoding="utf-8") as f:
         state = json.load(f)
     assert state["format_version"] == FORMAT_VERSION == 1

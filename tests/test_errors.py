@@ -18,6 +18,7 @@ from vietnamese_ai_ref import (DataError, DPOTrainer, NonFiniteError, RewardMode
 from vietnamese_ai_ref.backends import BackendError, use_backend
 from vietnamese_ai_ref.io.checkpoints import CheckpointError, FORMAT_VERSION
 from vietnamese_ai_ref.text.jsonl import JsonlError, read_jsonl
+from vietnamese_ai_ref.text.tokenizer import TokenizerError
 from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 
 CFG = dict(n_layer=1, n_embd=16, n_head=2, n_positions=64)
@@ -286,15 +287,18 @@ def test_jsonl_files(tmp_path, content, fragments):
 def test_model_directory_errors(tmp_path):
     check(lambda: TransformerLM.load(tmp_path / "none"), CheckpointError, "not found")
     tiny().save(tmp_path / "m")
-    os.remove(tmp_path / "m" / "tokenizer_config.json")
-    check(lambda: TransformerLM.load(tmp_path / "m"), CheckpointError, "missing file", "tokenizer_config.json")
+    os.remove(tmp_path / "m" / "tokenizer_config.json")  # no tokenizer files: ids in, logits out; text asks for one
+    check(lambda: TransformerLM.load(tmp_path / "m").sinh_van_ban("a"), TokenizerError, "without a tokenizer",
+          "tokenizer=...")
     tiny().save(tmp_path / "m2")
     (tmp_path / "m2" / "model.safetensors").write_bytes(b"garbage")
     check(lambda: TransformerLM.load(tmp_path / "m2"), CheckpointError, "cannot read", "model.safetensors")
     tiny().save(tmp_path / "m3")
     cfg = json.loads((tmp_path / "m3" / "config.json").read_text())
     (tmp_path / "m3" / "config.json").write_text(json.dumps(dict(cfg, hidden_sizee=1)))
-    check(lambda: TransformerLM.load(tmp_path / "m3"), CheckpointError, "unknown config key", "hidden_sizee")
+    (tmp_path / "m3" / "config.json").write_text(json.dumps(dict(cfg, activation_function="relu")))
+    check(lambda: TransformerLM.load(tmp_path / "m3"), CheckpointError, "unsupported config option",
+          "activation_function='relu'")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("giữ lại")
     check(lambda: tiny().save(tmp_path / "other"), CheckpointError, "refusing")

@@ -15,12 +15,13 @@ import warnings
 
 import pytest
 
-from vietnamese_ai_ref import hf, llama, model
+from vietnamese_ai_ref.models import llama
 from vietnamese_ai_ref.io import hf_config
 from vietnamese_ai_ref.io.hf_config import (ConfigKeyWarning, generation_config_dict, interpret_gpt2_config,
                                             interpret_llama_config, read_generation_config, score_head_flag)
-from vietnamese_ai_ref.llama import LlamaConfig
-from vietnamese_ai_ref.model import CheckpointError, GPTConfig
+from vietnamese_ai_ref.models.llama import LlamaConfig
+from vietnamese_ai_ref.core.errors import CheckpointError
+from vietnamese_ai_ref.models.gpt2 import GPTConfig
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf_configs"
 NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json").is_file())
@@ -128,23 +129,6 @@ def test_gpt2_numbers_are_the_published_ones(name, n_layer):
 # ---------------------------------------------------------------------------------------------
 # the same result as the current loaders on the keys they accept
 # ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", NAMES)
-def test_agrees_with_the_current_loaders_on_what_they_accept(name, tmp_path):
-    if not hasattr(hf, "_FIELD_KEYS"):
-        pytest.skip("the loaders already use io/hf_config.py")
-    raw = load(name)
-    if raw["model_type"] == "gpt2":
-        known = set(model._IGNORED_KEYS) | set(model._CHECKED_KEYS) | {f.name for f in dataclasses.fields(GPTConfig)}
-        subset = {k: v for k, v in raw.items() if k in known | {"n_inner", "score_head"}}
-        (tmp_path / "config.json").write_text(json.dumps(subset))
-        assert build(subset) == model._read_config_json(str(tmp_path / "config.json"))[0]
-    else:
-        known = set(hf._IGNORED_KEYS) | set(hf._CHECKED_KEYS) | hf._FIELD_KEYS | {"rope_theta", "rope_scaling",
-                                                                                  "rope_parameters"}
-        subset = {k: v for k, v in raw.items() if k in known}
-        assert build(subset) == hf.llama_config_from_hf(subset)[0]
-
 
 # ---------------------------------------------------------------------------------------------
 # ignored, refused, unknown
@@ -335,9 +319,8 @@ def test_configs_transformers_writes_today_are_classified(family, tmp_path, fres
     raw = json.loads((tmp_path / "config.json").read_text())
     ours = build(raw)
     assert key_warnings(fresh_warnings) == []
-    if family == "gpt2":
-        assert ours == model._read_config_json(str(tmp_path / "config.json"))[0]
-    else:
-        assert ours == hf.llama_config_from_hf(raw)[0]
+    assert ours.vocab_size == 300 and ours.n_positions == 32 and ours.n_layer == 2
+    if family == "llama":
+        assert ours.rope_scaling["rope_type"] == "llama3" and ours.rope_theta == 5e5
     if family == "qwen2":
         assert ours.layer_types == ["full_attention", "sliding_attention"] and ours.sliding_window == 4

@@ -3,7 +3,7 @@ numba kernels, and float32 staying float32.
 
 - The reference kernels walk large inputs in blocks (backends/kernels.py): here they are held, on inputs
   of many blocks, to the plain whole-array formulas (float64, 1e-12), with and without `out=`.
-- The fused ops of model.py (`_linear`, `_linear_t`, `_causal_attention`) equal the composition of basic
+- The fused ops of core/fused.py (`linear_in_out`, `linear`, `causal_attention`) equal the composition of basic
   autograd ops they replace, values and gradients (float64, 1e-12).
 - The accelerated kernels of backends/fast_kernels.py (numba; skipped where numba is missing) agree with
   the reference kernels: float64 to 1e-12 relative (scaled by max(1, |ref|), as tests/test_kernels.py),
@@ -21,7 +21,8 @@ import pytest
 from vietnamese_ai_ref.core import autograd as ag
 from vietnamese_ai_ref import backends as B
 from vietnamese_ai_ref import losses
-from vietnamese_ai_ref.models import gpt2 as model_mod
+from vietnamese_ai_ref.core import fused as fused_mod
+from vietnamese_ai_ref.models.kv_cache import blocked_keys
 from vietnamese_ai_ref.backends import kernels as kernels_mod
 from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 from vietnamese_ai_ref.core.optim import AdamW, clip_coefficient
@@ -185,7 +186,7 @@ def test_fused_linear_equals_basic_ops(backend, bias):
     x = ag.Parameter(backend.asarray(rng.standard_normal((3, 5, 7))))
     w = ag.Parameter(backend.asarray(rng.standard_normal((7, 4))))
     b = ag.Parameter(backend.asarray(rng.standard_normal(4))) if bias else None
-    fused = model_mod._linear(x, w, b)
+    fused = fused_mod.linear_in_out(x, w, b)
     basic = x @ w + b if bias else x @ w
     close(backend.to_numpy(fused.data), backend.to_numpy(basic.data), "linear", TOL64)
     params = [x, w] + ([b] if bias else [])
@@ -194,7 +195,7 @@ def test_fused_linear_equals_basic_ops(backend, bias):
         close(backend.to_numpy(a), backend.to_numpy(c), f"linear {name}", TOL64)
 
     wt = ag.Parameter(backend.asarray(rng.standard_normal((6, 7))))  # tied-head layout (n, k)
-    fused = model_mod._linear_t(x, wt)
+    fused = fused_mod.linear(x, wt)
     basic = x @ wt.T
     close(backend.to_numpy(fused.data), backend.to_numpy(basic.data), "linear_t", TOL64)
     gf, gb = _grads(fused, [x, wt], 4), _grads(basic, [x, wt], 4)
@@ -210,8 +211,8 @@ def test_fused_attention_equals_basic_ops(backend):
     d = H * hd
     qkv = ag.Parameter(backend.asarray(rng.standard_normal((Bn, T, 3 * d))))
     n_real = xp.asarray([6, 4, 1])  # right padding, one row with a single real token
-    blocked = model_mod._blocked_keys(xp, xp.zeros(Bn, dtype=xp.int64), n_real, T, T)
-    fused = model_mod._causal_attention(qkv, blocked, H)
+    blocked = blocked_keys(xp, xp.zeros(Bn, dtype=xp.int64), n_real, T, T)[:, None]
+    fused = fused_mod.causal_attention(qkv, blocked, H)
 
     q, k, v = ag.split(qkv, 3, axis=-1)
     q = q.reshape(Bn, T, H, hd).transpose(0, 2, 1, 3)

@@ -16,8 +16,10 @@ from vietnamese_ai_ref.core import autograd as ag
 from vietnamese_ai_ref.core.autograd import Parameter, Tensor
 from vietnamese_ai_ref.backends import use_backend
 from vietnamese_ai_ref.core.gradcheck import gradcheck
-from vietnamese_ai_ref.io.hf import CheckpointError, from_pretrained, luu_mo_hinh, read_safetensors, save_pretrained, tai_mo_hinh
-from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaKVCache, LlamaLM, apply_rotary, linear, rms_norm, rope_cos_sin, silu
+from vietnamese_ai_ref.io.hf import CheckpointError, from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh
+from vietnamese_ai_ref.io.safetensors import read_safetensors
+from vietnamese_ai_ref.core.fused import apply_rotary, linear, rms_norm, silu
+from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaLM, rope_cos_sin
 
 TINY = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=24)
@@ -254,10 +256,10 @@ def test_generation_cache_equals_no_cache(backend, kw):
 def test_llama_kv_cache_has_kv_heads_only(backend):
     m = tiny()
     cache = m.new_kv_cache(2, 10)
-    assert isinstance(cache, LlamaKVCache) and cache.k[0].shape == (2, 2, 10, 4)
+    assert cache.k[0].shape == (2, 2, 10, 4)  # (B, num_key_value_heads, capacity, head_dim)
     ids = backend.xp.asarray([[257, 5, 6], [257, 9, 256]])
     with ag.no_grad():
-        h = m._hidden_cached(ids, backend.xp.asarray([3, 2]), cache)
+        h = m.decode(ids, backend.xp.asarray([3, 2]), cache)
     ref = m.eval().hidden_states(np.asarray([[257, 5, 6], [257, 9, 256]]), np.asarray([[1, 1, 1], [1, 1, 0]]))
     np.testing.assert_allclose(backend.to_numpy(h.data)[:, :2], ref.numpy()[:, :2], rtol=1e-12, atol=1e-12)
 
@@ -395,12 +397,12 @@ def _folder(tmp_path, **config_changes):
 
 @pytest.mark.parametrize("changes,match", [
     (dict(model_type="falcon"), "unsupported model_type 'falcon'"),
-    (dict(rope_parameters={"rope_type": "dynamic", "factor": 8.0, "rope_theta": 5e5}), "type 'dynamic'"),
+    (dict(rope_parameters={"rope_type": "dynamic", "factor": 8.0, "rope_theta": 5e5}), "rope_type='dynamic'"),
     (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}), "low_freq_factor must be"),
-    (dict(rope_parameters=KeyError, rope_scaling={"type": "yarn", "factor": 4.0}), "type 'yarn'"),
+    (dict(rope_parameters=KeyError, rope_scaling={"type": "yarn", "factor": 4.0}), "rope_type='yarn'"),
     (dict(hidden_act="gelu"), "hidden_act='gelu'"),
     (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
-    (dict(logits_soft_cap=30.0), "unknown config key 'logits_soft_cap'"),
+    (dict(final_logit_softcapping=30.0), "final_logit_softcapping=30.0"),
     (dict(num_key_value_heads=3), "num_key_value_heads=3"),
     (dict(attention_bias=True), "missing tensor: model.layers.0.self_attn.q_proj.bias"),
     (dict(tie_word_embeddings=True), "differs from model.embed_tokens.weight"),
@@ -454,7 +456,7 @@ def test_save_refuses_what_the_family_cannot_express(tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "notes.txt").write_text("keep me")
-    with pytest.raises(CheckpointError, match="refusing to replace"):
+    with pytest.raises(CheckpointError, match="refusing to write a model"):
         save_pretrained(tiny(), tmp_path / "z")
     with pytest.raises(TypeError, match="needs a TransformerLM or LlamaLM"):
         save_pretrained(object(), tmp_path / "w")

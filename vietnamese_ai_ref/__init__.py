@@ -14,9 +14,10 @@ from .trainers.dpo import DPOTrainer
 from .core.gradcheck import GradcheckError, gradcheck
 from .io.hf import from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh
 from .models.llama import LlamaConfig, LlamaLM
-from .models.gpt2 import CheckpointError, GPTConfig, TransformerLM
+from .core.errors import CheckpointError
+from .models.gpt2 import GPTConfig, TransformerLM
 from .trainers.pipeline import RLHFPipeline
-from .text.records import DataError
+from .core.errors import DataError
 from .trainers.reward import RewardModel
 from .trainers.sft import SFTTrainer
 from .text.tokenizer import ByteTokenizer

@@ -216,7 +216,7 @@ def cmd_conformance(a):
 
 
 def cmd_demo(a):
-    from .demo import run_demo
+    from ..app.demo import run_demo
 
     run_demo(out=a.out, quiet=a.quiet, quick=a.quick, seed=a.seed)
 

@@ -40,7 +40,10 @@ import time
 import uuid
 
 from ..backends import get_backend, host_np
-from ..models.gpt2 import CheckpointError, _fsync_dir
+from ..core.errors import CheckpointError
+from .folders import apply_umask
+from .folders import fsync_dir as _fsync_dir
+from ..io.hf import from_pretrained, save_pretrained
 
 __all__ = [
     "FORMAT_VERSION", "DEFAULT_SAVE_EVERY", "DEFAULT_KEEP", "INTERRUPT_DIR", "CheckpointError",
@@ -348,8 +351,6 @@ def load_checkpoint(path) -> TrainingCheckpoint:
             )
         path = newest
     state = read_state(path)
-    from ..io.hf import from_pretrained  # TransformerLM (gpt2) or LlamaLM, by the folder's model_type
-
     model = from_pretrained(os.path.join(path, MODEL_DIR))
     oname = os.path.join(path, OPTIMIZER_NAME)
     if not os.path.isfile(oname):
@@ -441,7 +442,7 @@ def write_checkpoint(directory, *, identity, loop_state, model, opt, rng_state=N
     text = json.dumps(state, ensure_ascii=False)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=directory)
     try:
-        model.save(os.path.join(tmp, MODEL_DIR))
+        save_pretrained(model, os.path.join(tmp, MODEL_DIR))
         _hook("model", step)
         arrays = {k: host_np.ascontiguousarray(be.to_numpy(v)) for k, v in opt.state_arrays().items()}
         save_file(arrays, os.path.join(tmp, OPTIMIZER_NAME), metadata={"format": "vietnamese_ai_ref-adamw"})
@@ -449,6 +450,7 @@ def write_checkpoint(directory, *, identity, loop_state, model, opt, rng_state=N
         with open(os.path.join(tmp, STATE_NAME), "w", encoding="utf-8") as f:
             f.write(text)
         _hook("state", step)
+        apply_umask(tmp)
         _fsync_tree(tmp)
         if os.path.lexists(final):  # a checkpoint of the same step (a resumed run, or the final save)
             _remove_dir(final)

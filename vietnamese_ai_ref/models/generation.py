@@ -1,4 +1,4 @@
-"""Text generation for `TransformerLM`: greedy decoding and seeded sampling, with or without a KV cache.
+"""Text generation for every causal LM of `models`: greedy decoding and seeded sampling, with or without a KV cache.
 
 What it is for: `generate(model, input_ids_list, ...)` (token ids in, new token ids out) and
 `sinh_van_ban(model, prompts, ...)` (text in, continuation text out), also reachable as the model's
@@ -7,6 +7,11 @@ keeps its own positions, KV-cache slots and RNG), so a batch gives exactly what 
 alone. Sampling follows transformers' warpers: temperature, then top-k, then top-p (nucleus: keep
 the smallest set of most likely tokens whose probability sums to >= top_p, always at least one).
 
+It uses only the decoder interface of models/base.py: `new_kv_cache`, `decode`, `logits_at` (and
+`hidden_states` without a cache). Generation stops at any end-of-sequence id: the `eos_token_id`
+argument (an int or a list), else the model's `generation_config` ids (read from a folder's
+generation_config.json), else the tokenizer's eos.
+
 What it is not: beam search, repetition penalties or streaming. Randomness comes from host RNGs
 (`Backend.host_rng`): row r of a batch draws from a generator seeded with `seed + r`, one uniform
 number per generated token, so row r equals generating that prompt alone with `seed + r`.
@@ -14,11 +19,21 @@ number per generated token, so row r equals generating that prompt alone with `s
 
 from __future__ import annotations
 
-from ..core.autograd import no_grad
 from ..backends import get_backend
-from ..models.gpt2 import KVCache
+from ..core.autograd import no_grad
 
-__all__ = ["generate", "sinh_van_ban"]
+__all__ = ["generate", "sinh_van_ban", "eos_ids"]
+
+
+def eos_ids(model, eos_token_id=None) -> set:
+    """The ids that end a row: `eos_token_id` (an int or a list) when given, else the model's
+    `generation_config["eos_token_id"]` (a folder's generation_config.json), else the tokenizer's eos."""
+    if eos_token_id is None:
+        eos_token_id = (getattr(model, "generation_config", None) or {}).get("eos_token_id")
+    if eos_token_id is None or eos_token_id == []:
+        eos_token_id = model.tokenizer.eos_token_id
+    ids = eos_token_id if isinstance(eos_token_id, (list, tuple, set)) else [eos_token_id]
+    return {int(i) for i in ids if i is not None}
 
 
 def _check_args(max_new_tokens, temperature, top_k, top_p):
@@ -70,8 +85,8 @@ def generate(model, input_ids_list, max_new_tokens: int = 32, temperature: float
              eos_token_id=None) -> list:
     """New token ids for each prompt (a list of int lists). Returns list[list[int]].
 
-    Greedy when do_sample is False or temperature == 0. A row stops after `eos_token_id` (default:
-    the tokenizer's; the eos id is the last returned id), after max_new_tokens, or when prompt +
+    Greedy when do_sample is False or temperature == 0. A row stops after any id of `eos_ids(model,
+    eos_token_id)` (the eos id is the last returned id), after max_new_tokens, or when prompt +
     generated reaches config.n_positions (the model has no further positions). A prompt longer than
     n_positions raises. Runs under no_grad in eval mode; the model's mode is restored afterwards.
     """
@@ -96,8 +111,8 @@ def generate(model, input_ids_list, max_new_tokens: int = 32, temperature: float
             )
         if min(s) < 0 or max(s) >= cfg.vocab_size:
             raise ValueError(f"Mã token ngoài phạm vi / token id out of range in prompt {r}: [0, {cfg.vocab_size})")
-    eos = model.tokenizer.eos_token_id if eos_token_id is None else int(eos_token_id)
-    pad = model.tokenizer.pad_token_id
+    eos = eos_ids(model, eos_token_id)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0  # ids-only models
     greedy = (not do_sample) or float(temperature) == 0.0
     rngs = [be.host_rng(seed + r) for r in range(len(seqs))]
     out = [[] for _ in seqs]
@@ -112,22 +127,22 @@ def generate(model, input_ids_list, max_new_tokens: int = 32, temperature: float
             cache = None
             if use_cache:  # prefill: all prompt tokens at once, then one position per new token
                 capacity = min(cfg.n_positions, max(len(seqs[r]) for r in active) + max_new_tokens)
-                cache = (model.new_kv_cache(len(active), capacity) if hasattr(model, "new_kv_cache")
-                         else KVCache(cfg, len(active), capacity))
+                cache = model.new_kv_cache(len(active), capacity)
                 ids, lens = _pad_right(xp, [seqs[r] for r in active], pad)  # (b, P), (b,)
-                h = model._hidden_cached(ids, lens, cache)  # (b, P, d)
-                logits = model._logits_at(h, lens - 1)  # (b, V)
+                h = model.decode(ids, lens, cache)  # (b, P, d)
+                logits = model.logits_at(h, lens - 1)  # (b, V)
             while True:
                 if not use_cache:  # recompute the whole (right-padded) batch every step
                     ids, lens = _pad_right(xp, [seqs[r] for r in active], pad)  # (b, P), (b,)
-                    h = model._hidden(ids, lens)  # (b, P, d): real-token counts = right-padding mask
-                    logits = model._logits_at(h, lens - 1)  # (b, V)
+                    mask = xp.arange(ids.shape[1])[None, :] < lens[:, None]  # (b, P) right padding
+                    h = model.hidden_states(ids, mask)  # (b, P, d)
+                    logits = model.logits_at(h, lens - 1)  # (b, V)
                 toks = _choose(logits, [rngs[r] for r in active], greedy, temperature, top_k, top_p)
                 keep = []
                 for j, r in enumerate(active):
                     seqs[r].append(toks[j])
                     out[r].append(toks[j])
-                    if toks[j] != eos and len(out[r]) < max_new_tokens and len(seqs[r]) < cfg.n_positions:
+                    if toks[j] not in eos and len(out[r]) < max_new_tokens and len(seqs[r]) < cfg.n_positions:
                         keep.append(j)
                 if not keep:
                     break
@@ -136,8 +151,8 @@ def generate(model, input_ids_list, max_new_tokens: int = 32, temperature: float
                         cache.keep_rows(keep)
                     active = [active[j] for j in keep]
                     new = xp.asarray([[seqs[r][-1]] for r in active], dtype=xp.int64)  # (b, 1)
-                    h = model._hidden_cached(new, xp.ones(len(active), dtype=xp.int64), cache)  # (b, 1, d)
-                    logits = model._logits_at(h, xp.zeros(len(active), dtype=xp.int64))  # (b, V)
+                    h = model.decode(new, xp.ones(len(active), dtype=xp.int64), cache)  # (b, 1, d)
+                    logits = model.logits_at(h, xp.zeros(len(active), dtype=xp.int64))  # (b, V)
                 else:
                     active = [active[j] for j in keep]
     finally:
@@ -158,9 +173,9 @@ def sinh_van_ban(model, prompts, max_new_tokens: int = 32, temperature: float = 
     ids = [tok.encode(p, add_bos=add_bos) for p in prompts]
     new = generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    do_sample=do_sample, seed=seed, use_cache=use_cache)
-    texts = []
+    texts, stops = [], eos_ids(model)
     for row in new:
-        if row and row[-1] == tok.eos_token_id:
+        if row and row[-1] in stops:
             row = row[:-1]
         texts.append(tok.decode(row, skip_special_tokens=True))
     return texts

@@ -1,37 +1,32 @@
-"""The Llama family (Llama, Qwen2, Mistral) as a second model of the reference implementation.
+"""The Llama family (Llama, Qwen2, Mistral): config, parameters and forward of the second model family.
 
 What it is for: `LlamaLM`, a pre-norm decoder with RMSNorm, rotary position embeddings (transformers'
-`rotate_half` convention, optional linear or Llama 3 scaling), grouped-query attention (optional sliding window),
-a SwiGLU MLP and an LM head tied to the embedding or not, over the autograd of
-`vietnamese_ai_ref.autograd`, with transformers' parameter names (`model.layers.0.self_attn.q_proj.weight`,
-...) and nn.Linear's (out, in) weight layout (every projection computes x @ W.T + b). It offers the
-same API as `TransformerLM` (forward, hidden_states, score head, copy, train/eval, generate with a KV
-cache, save/load), so SFTTrainer, DPOTrainer, RewardModel and generation use it unchanged. The ops it
-needs beyond autograd.py (`silu`, `rms_norm`, `apply_rotary`, `linear`) live here, each with its
-backward beside its forward. Hugging Face folders are read and written by `vietnamese_ai_ref.hf`.
+`rotate_half` convention; linear or Llama 3 scaling, models/rope.py), grouped-query attention (optional
+sliding window), a SwiGLU MLP and an LM head tied to the embedding or not, with transformers' parameter
+names (`model.layers.0.self_attn.q_proj.weight`, ...) and nn.Linear's (out, in) weight layout (every
+projection computes x @ W.T + b), on the shared causal-LM base (models/base.py), so every trainer and
+generation use it unchanged. Its ops (`silu`, `rms_norm`, `apply_rotary`, `linear`) live in core/fused.py.
 
-What it is not: a general model zoo. No rope scaling other than "linear" and "llama3", no mixture of experts, no
-quantised weights, no mixed precision, no flash attention; float32/float64 only. Its init RNG stream is
-a convenience (real use loads weights with `hf.from_pretrained`).
+What it is not: a general model zoo. No other rope scaling, no mixture of experts, no quantised
+weights, no mixed precision, no flash attention; float32/float64 only. Its init RNG stream is a
+convenience (real use loads weights with `tai_mo_hinh`). Folder I/O is io/hf.py's.
 """
 
 from __future__ import annotations
 
-import copy as _copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..core import autograd as ag
-from ..core.autograd import Parameter, Tensor, _result, grad_out, no_grad
 from ..backends import get_backend
-from ..models.gpt2 import GPTConfig, KVCache, TransformerLM, _check_tokenizer, _column_sums
-from ..text.tokenizer import ByteTokenizer
+from ..core import autograd as ag
+from ..core.autograd import Tensor, no_grad
+from ..core.fused import apply_rotary, linear, rms_norm, silu
+from .base import CausalLM
+from .kv_cache import KVCache, blocked_keys
 from .rope import rope_inv_freq
 
-__all__ = [
-    "LlamaConfig", "LlamaLM", "LlamaKVCache", "MODEL_TYPES",
-    "silu", "rms_norm", "apply_rotary", "linear", "rope_cos_sin",
-]
+__all__ = ["LlamaConfig", "LlamaLM", "MODEL_TYPES", "rope_cos_sin", "param_specs", "normalize_rope_scaling"]
 
 #: transformers' model_type values this architecture covers.
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -149,8 +144,17 @@ class LlamaConfig:
     def n_kv_head(self) -> int:
         return self.num_key_value_heads
 
-    to_dict = GPTConfig.to_dict
-    from_dict = classmethod(GPTConfig.from_dict.__func__)  # unknown key -> ValueError naming it
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        """Build from a dict of field values; an unknown key raises ValueError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for k in d:
+            if k not in names:
+                raise ValueError(f"Khoá cấu hình không xác định / unknown config key: {k!r}")
+        return cls(**d)
 
 
 def normalize_rope_scaling(rs):
@@ -195,78 +199,6 @@ _ROPE_KEYS = {
 }
 
 
-# ============================ ops (backward beside forward) ====================================
-
-def silu(a: Tensor) -> Tensor:
-    """SiLU (swish): x · σ(x). d/dx = σ(x) · (1 + x · (1 − σ(x)))."""
-    xp = get_backend().xp
-    ad = a.data
-    s = ag._sigmoid_array(xp, ad)  # σ(x), stable
-
-    def backward(g):
-        return (g * s * (1.0 + ad * (1.0 - s)),)
-
-    return _result(ad * s, (a,), backward)
-
-
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm over the last axis: x / sqrt(mean(x²) + eps) * weight (transformers' LlamaRMSNorm).
-
-    With x̂ = x·r, r = (mean(x²)+eps)^(-1/2) and ĝ = g·w: dx = r (ĝ − x̂ · mean(ĝ x̂)), dw = Σ g x̂.
-    """
-    xp = get_backend().xp
-    xd, w = x.data, weight.data
-    rstd = 1.0 / xp.sqrt((xd * xd).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat = xd * rstd  # (..., d)
-
-    def backward(g):
-        gh = g * w  # (..., d)
-        dx = rstd * (gh - xhat * (gh * xhat).mean(axis=-1, keepdims=True)) if x.requires_grad else None
-        dw = (g * xhat).reshape(-1, w.shape[-1]).sum(axis=0) if weight.requires_grad else None  # (N, d) -> (d,)
-        return dx, dw
-
-    return _result(xhat * w, (x, weight), backward)
-
-
-def _rotate_half(xp, a):
-    """transformers' rotate_half: (x1, x2) -> (−x2, x1) over the two halves of the last axis."""
-    h = a.shape[-1] // 2
-    return xp.concatenate([-a[..., h:], a[..., :h]], axis=-1)
-
-
-def apply_rotary(x: Tensor, cos, sin) -> Tensor:
-    """Rotary embedding x·cos + rotate_half(x)·sin; cos/sin are constant arrays broadcastable to x.
-
-    rotate_half is linear with transpose −rotate_half, so dx = g·cos − rotate_half(g·sin).
-    """
-    xp = get_backend().xp
-    xd = x.data
-
-    def backward(g):
-        return (g * cos - _rotate_half(xp, g * sin),)
-
-    return _result(xd * cos + _rotate_half(xp, xd) * sin, (x,), backward)
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """nn.Linear: x (..., in) @ weight (out, in).T + bias (out,) -> (..., out)."""
-    xp = get_backend().xp
-    xd, w = x.data, weight.data
-    out = xp.matmul(xd, w.T)  # (..., out)
-    if bias is not None:
-        out = out + bias.data
-
-    def backward(g):
-        g2 = g.reshape(-1, g.shape[-1])  # (N, out)
-        gx = xp.matmul(g, w) if x.requires_grad else None  # (..., in)
-        gw = xp.matmul(g2.T, xd.reshape(-1, xd.shape[-1]), out=grad_out(weight)) \
-            if weight.requires_grad else None  # (out, in), into the optimiser's buffer when it has one
-        gb = _column_sums(xp, g2, out=grad_out(bias)) if bias is not None and bias.requires_grad else None  # (out,)
-        return gx, gw, gb
-
-    return _result(out, (x, weight) + ((bias,) if bias is not None else ()), backward)
-
-
 def rope_cos_sin(cfg: LlamaConfig, positions):
     """cos, sin tables (*positions.shape, head_dim) in the backend dtype, computed in float64.
 
@@ -282,7 +214,7 @@ def rope_cos_sin(cfg: LlamaConfig, positions):
     return xp.cos(emb).astype(be.dtype), xp.sin(emb).astype(be.dtype)
 
 
-# ============================ parameters, masks, cache =========================================
+# ============================ parameters =======================================================
 
 def param_specs(cfg: LlamaConfig, with_score: bool = False):
     """(name, shape, init) for every parameter in the fixed order; init in normal|zeros|ones."""
@@ -328,123 +260,42 @@ def _init_arrays(cfg: LlamaConfig) -> dict:
     return out
 
 
-def _blocked_keys(xp, start, n_new, S: int, Tk: int, window):
-    """Attention mask (True = blocked) of shape (B, 1, 1, S, Tk) for S new queries per row.
-
-    As model._blocked_keys (causal, right padding, a padded query sees the real tokens and itself),
-    plus the sliding window: query q may only see keys j with q − j < window (transformers' rule).
-    """
-    q_pos = start[:, None] + xp.arange(S)[None, :]  # (B, S) absolute query positions
-    j = xp.arange(Tk)[None, None, :]  # (1, 1, Tk) key positions
-    causal = j <= q_pos[:, :, None]  # (B, S, Tk)
-    real = j < (start + n_new)[:, None, None]  # (B, 1, Tk)
-    allowed = causal & (real | (j == q_pos[:, :, None]))  # (B, S, Tk)
-    if window is not None:
-        allowed = allowed & (q_pos[:, :, None] - j < window)  # (B, S, Tk)
-    return ~allowed[:, None, None, :, :]  # (B, 1, 1, S, Tk): broadcasts over kv heads and groups
-
-
-class LlamaKVCache(KVCache):
-    """KVCache sized for grouped-query attention: k[i], v[i] are (B, n_kv_head, capacity, head_dim)."""
-
-    @staticmethod
-    def _dims(cfg: LlamaConfig):
-        return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim  # only the KV heads are cached
-
-
 # ============================ the model ========================================================
 
-class LlamaLM:
+class LlamaLM(CausalLM):
     """Llama-family decoder: embed_tokens, pre-RMSNorm layers (GQA attention with rotary, SwiGLU MLP),
     final RMSNorm, LM head (lm_head or tied to embed_tokens)."""
 
-    def __init__(self, config: LlamaConfig | None = None, tokenizer=None):
-        self.config = config if config is not None else LlamaConfig()
-        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
-        _check_tokenizer(self.config, self.tokenizer)
-        self.training = True  # like torch modules; loading returns eval mode like transformers
-        self._dropout_rng = None  # backend RNG seeded by config.seed, created on first use
-        self._params = {name: Parameter(arr, name=name) for name, arr in _init_arrays(self.config).items()}
+    config_class = LlamaConfig
 
-    # -- shared with TransformerLM (these methods only read config.n_positions/vocab_size/seed and _params)
-    _blank = classmethod(TransformerLM._blank.__func__)  # a parameterless model (copy, from_pretrained)
-    parameters = TransformerLM.parameters
-    num_parameters = TransformerLM.num_parameters
-    zero_grad = TransformerLM.zero_grad
-    state_dict = TransformerLM.state_dict
-    train = TransformerLM.train
-    eval = TransformerLM.eval
-    __call__ = TransformerLM.__call__
-    has_score_head = TransformerLM.has_score_head
-    add_score_head = TransformerLM.add_score_head  # score.weight (1, hidden_size): config.n_embd aliases it
-    score = TransformerLM.score  # last real token's hidden state @ score.weight.T
-    generate = TransformerLM.generate
-    sinh_van_ban = TransformerLM.sinh_van_ban
-    _dropout = TransformerLM._dropout
-    _prepare = TransformerLM._prepare
+    def param_specs(self, with_score: bool = False):
+        return param_specs(self.config, with_score)
 
-    def named_parameters(self) -> dict:
-        """name -> Parameter, transformers' names, in `param_specs` order (score.weight last when attached)."""
-        return dict(self._params)
+    def _init_arrays(self) -> dict:
+        return _init_arrays(self.config)
 
-    def _expected_shapes(self, with_score: bool) -> dict:
-        return {name: shape for name, shape, _ in param_specs(self.config, with_score)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Set every parameter from `state` (name -> array) in place (optimizers keep working).
-
-        Names and shapes must match exactly; `score.weight` in `state` attaches a score head."""
-        from ..io.hf import assign_arrays
-
-        arrays = assign_arrays(self._expected_shapes("score.weight" in state), {n: (n, a) for n, a in state.items()})
-        for n, arr in arrays.items():
-            if n in self._params:
-                self._params[n].data = arr
-            else:
-                self._params[n] = Parameter(arr, name=n)
-
-    def copy(self) -> "LlamaLM":
-        """A deep copy: same config values, independent parameters, the same tokenizer object."""
-        m = LlamaLM._blank(_copy.deepcopy(self.config), self.tokenizer)
-        m.training = self.training
-        m._params = {n: Parameter(p.data.copy(), name=n) for n, p in self._params.items()}
-        return m
-
-    def new_kv_cache(self, batch: int, capacity: int) -> LlamaKVCache:
-        """A KV cache of num_key_value_heads heads per layer (what generation should allocate)."""
-        return LlamaKVCache(self.config, batch, capacity)
-
-    def __repr__(self) -> str:
-        c = self.config
-        head = ", score_head" if self.has_score_head else ""
-        return (
-            f"LlamaLM(model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
-            f"heads={c.num_attention_heads}/{c.num_key_value_heads}kv, vocab_size={c.vocab_size}, "
-            f"n_positions={c.n_positions}, tied={c.tie_word_embeddings}, params={self.num_parameters()}{head})"
-        )
-
-    # -- forward ---------------------------------------------------------------------------
-    def _head_weight(self) -> Parameter:
+    def head_weight(self):
         p = self._params
         return p["model.embed_tokens.weight"] if self.config.tie_word_embeddings else p["lm_head.weight"]
 
-    def forward(self, input_ids, attention_mask=None) -> Tensor:
-        """Logits (B, T, vocab_size) for input_ids (B, T); attention_mask (B, T) is right padding (1 real, 0 pad)."""
-        h = self.hidden_states(input_ids, attention_mask)  # (B, T, d)
-        return linear(h, self._head_weight())  # (B, T, V)
+    def new_kv_cache(self, batch: int, capacity: int) -> KVCache:
+        """A KV cache of num_key_value_heads heads per layer (only the KV heads are cached)."""
+        c = self.config
+        return KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, batch, capacity, c.n_positions)
 
-    def hidden_states(self, input_ids, attention_mask=None) -> Tensor:
-        """Final hidden states (B, T, hidden_size), after model.norm (what both heads read)."""
-        ids, n_real = self._prepare(input_ids, attention_mask)
-        return self._hidden(ids, n_real)
+    def _describe(self) -> str:
+        c = self.config
+        return (f"model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}/{c.num_key_value_heads}kv, vocab_size={c.vocab_size}, "
+                f"n_positions={c.n_positions}, tied={c.tie_word_embeddings}")
 
     def _masks(self, xp, start, n_new, S: int, Tk: int) -> dict:
-        """Blocked-key masks per layer type present in config.layer_types."""
+        """Blocked-key masks (B, 1, 1, S, Tk) per layer type present in config.layer_types."""
         cfg = self.config
         out = {}
         for kind in set(cfg.layer_types):
             window = cfg.sliding_window if kind == "sliding_attention" else None
-            out[kind] = _blocked_keys(xp, start, n_new, S, Tk, window)
+            out[kind] = blocked_keys(xp, start, n_new, S, Tk, window)[:, None, None]  # over kv heads and groups
         return out
 
     def _hidden(self, ids, n_real) -> Tensor:
@@ -457,6 +308,26 @@ class LlamaLM:
         for i in range(cfg.num_hidden_layers):
             x = self._layer(i, x, masks[cfg.layer_types[i]], cos, sin)
         return rms_norm(x, p["model.norm.weight"], cfg.rms_norm_eps)
+
+    def decode(self, ids, n_new, cache: KVCache) -> Tensor:
+        """Hidden states (B, S, d) of S new tokens per row appended after cache.lengths; updates the cache.
+
+        ids (B, S) int array; n_new (B,) how many of the S are real (right padding). Inference only.
+        """
+        xp = get_backend().xp
+        p, cfg = self._params, self.config
+        B, S = ids.shape
+        start, Tk, pos = self._positions_ready(cache, S)
+        cos, sin = rope_cos_sin(cfg, pos)  # (B, S, hd)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, hd): broadcast over heads
+        with no_grad():
+            x = ag.embedding(p["model.embed_tokens.weight"], ids)  # (B, S, d)
+            masks = self._masks(xp, start, n_new, S, Tk)
+            for i in range(cfg.num_hidden_layers):
+                x = self._layer(i, x, masks[cfg.layer_types[i]], cos, sin, cache, pos)
+            x = rms_norm(x, p["model.norm.weight"], cfg.rms_norm_eps)
+        cache.lengths = start + n_new
+        return x
 
     def _layer(self, i: int, x: Tensor, blocked, cos, sin, cache: KVCache | None = None, slots=None) -> Tensor:
         p, eps = self._params, self.config.rms_norm_eps
@@ -490,7 +361,7 @@ class LlamaLM:
             v = v.transpose(0, 2, 1, 3)  # (B, KV, T, hd)
         else:  # generation: store the new keys/values at their slots, attend over the filled prefix
             rows = xp.arange(B)[:, None]  # (B, 1)
-            kb, vb = cache.k[i][:, :KV], cache.v[i][:, :KV]  # (B, KV, C, hd) views (a GPT-2 KVCache has H >= KV heads)
+            kb, vb = cache.k[i], cache.v[i]  # (B, KV, C, hd)
             kb[rows, :, slots] = xp.swapaxes(k.data, 1, 2)  # (B, T, KV, hd) into slots (B, T)
             vb[rows, :, slots] = v.data
             Tk = blocked.shape[-1]
@@ -512,60 +383,3 @@ class LlamaLM:
         m = f"model.layers.{i}.mlp."
         h = silu(self._proj(m + "gate_proj", x)) * self._proj(m + "up_proj", x)  # (B, T, intermediate)
         return self._proj(m + "down_proj", h)  # (B, T, d)
-
-    # -- reward head -----------------------------------------------------------------------
-    # -- generation (loop and sampling in generation.py) -------------------------------------
-    def _hidden_cached(self, ids, n_new, cache: KVCache) -> Tensor:
-        """Hidden states (B, S, d) of S new tokens per row appended after cache.lengths; updates the cache.
-
-        ids (B, S) int array; n_new (B,) how many of the S are real (right padding). Inference only.
-        Accepts a `LlamaKVCache` or a GPT-2 `KVCache` built from this config (its first KV heads are used).
-        """
-        xp = get_backend().xp
-        p, cfg = self._params, self.config
-        B, S = ids.shape
-        start = cache.lengths  # (B,)
-        Tk = int((start + S).max())
-        if Tk > cache.capacity:
-            raise ValueError(f"KV cache đầy / KV cache full: needs {Tk} slots, capacity {cache.capacity}")
-        pos = start[:, None] + xp.arange(S)[None, :]  # (B, S) absolute positions = cache slots
-        cos, sin = rope_cos_sin(cfg, pos)  # (B, S, hd)
-        cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, hd): broadcast over heads
-        with no_grad():
-            x = ag.embedding(p["model.embed_tokens.weight"], ids)  # (B, S, d)
-            masks = self._masks(xp, start, n_new, S, Tk)
-            for i in range(cfg.num_hidden_layers):
-                x = self._layer(i, x, masks[cfg.layer_types[i]], cos, sin, cache, pos)
-            x = rms_norm(x, p["model.norm.weight"], cfg.rms_norm_eps)
-        cache.lengths = start + n_new
-        return x
-
-    def _logits_at(self, h: Tensor, index):
-        """LM logits (B, V) array of h (B, T, d) at one position per row (index (B,) ints)."""
-        xp = get_backend().xp
-        rows = h.data[xp.arange(h.shape[0]), index]  # (B, d)
-        return rows @ self._head_weight().data.T  # (B, V)
-
-    # -- checkpoints (Hugging Face folders, see hf.py) ---------------------------------------
-    def save(self, path) -> None:
-        """Write a transformers-loadable folder (config.json, model.safetensors, tokenizer files), atomically."""
-        from ..io.hf import save_pretrained
-
-        save_pretrained(self, path)
-
-    luu = save  # lưu: save
-
-    @classmethod
-    def load(cls, path, tokenizer=None) -> "LlamaLM":
-        """Read a Llama/Qwen2/Mistral folder (see hf.from_pretrained); the model is in eval mode."""
-        from ..io.hf import CheckpointError, from_pretrained
-
-        model = from_pretrained(path, tokenizer=tokenizer)
-        if not isinstance(model, cls):
-            raise CheckpointError(
-                f"Thư mục không chứa mô hình Llama / {path} holds a {type(model).__name__}, not a LlamaLM"
-            )
-        return model
-
-    tai = load  # tải: load
-

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from ..backends import host_np as np  # the host NumPy the backend layer exposes
 
 __all__ = ["rope_inv_freq", "ROPE_TYPES"]
 

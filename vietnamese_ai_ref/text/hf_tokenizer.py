@@ -24,8 +24,8 @@ import json
 import os
 
 from ..core.errors import TokenizerError
-from .jsonl import read_json_object
-from .tokenizer import TOKENIZER_CONFIG_NAME
+from ..text.jsonl import read_json_object
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME
 
 __all__ = ["HFTokenizer", "TOKENIZER_JSON", "IGNORE_INDEX"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 from ..core.errors import TokenizerError
-from .hf_tokenizer import HFTokenizer
-from .tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, read_tokenizer_config
+from ..text.hf_tokenizer import HFTokenizer
+from ..text.tokenizer import TOKENIZER_CONFIG_NAME, ByteTokenizer, read_tokenizer_config
 
 __all__ = ["load_tokenizer", "register_tokenizer"]
 

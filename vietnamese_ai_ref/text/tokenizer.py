@@ -30,9 +30,9 @@ import json
 import os
 
 from ..core.errors import TokenizerError
-from .jsonl import read_json_object
+from ..text.jsonl import read_json_object
 
-__all__ = ["ByteTokenizer", "TokenizerError", "TOKENIZER_CONFIG_NAME", "read_tokenizer_config"]
+__all__ = ["ByteTokenizer", "NoTokenizer", "TokenizerError", "TOKENIZER_CONFIG_NAME", "read_tokenizer_config"]
 
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
@@ -139,3 +139,28 @@ class ByteTokenizer:
 def read_tokenizer_config(directory) -> dict:
     """tokenizer_config.json of `directory` as a dict; TokenizerError if missing or not a JSON object."""
     return read_json_object(os.path.join(directory, TOKENIZER_CONFIG_NAME), error=TokenizerError)
+
+
+class NoTokenizer:
+    """Stands in for the tokenizer of a model folder that has no tokenizer files: ids in, logits out.
+
+    It knows only the special ids the folder's config names (None when it names none); `encode`,
+    `decode` and `save` raise a TokenizerError saying how to supply a tokenizer, so only text-level
+    calls fail, each with that clear message."""
+
+    vocab_size = 0
+
+    def __init__(self, pad_token_id=None, bos_token_id=None, eos_token_id=None):
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
+
+    def _missing(self, *args, **kwargs):
+        raise TokenizerError(
+            "Mô hình này được nạp không có tokenizer (thư mục không có tokenizer.json/tokenizer_config.json); "
+            "hãy truyền tokenizer=... khi nạp / this model was loaded without a tokenizer (its folder has no "
+            "tokenizer.json or tokenizer_config.json): pass tokenizer=... when loading it, or use token ids"
+        )
+
+    encode = decode = _missing
+
+    def __repr__(self) -> str:
+        return "NoTokenizer()"

@@ -12,7 +12,7 @@ from .. import losses
 from ..core.autograd import no_grad
 from ..backends import get_backend
 from ..text.records import pad_batch, prepare_pairs
-from .sft import effective_max_len, resolve_tokenizer
+from ..trainers.sft import effective_max_len, resolve_tokenizer
 from .loop import TrainerBase, run_loop
 from .settings import LoopSettings, check_callback, check_model
 

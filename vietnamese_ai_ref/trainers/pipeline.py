@@ -14,10 +14,10 @@ from __future__ import annotations
 import inspect
 import os
 
-from .dpo import DPOTrainer
+from ..trainers.dpo import DPOTrainer
 from ..text.records import DataError, prepare_pairs, prepare_sft
-from .reward import RewardModel
-from .sft import SFTTrainer
+from ..trainers.reward import RewardModel
+from ..trainers.sft import SFTTrainer
 
 
 def _check_config(name, cfg, cls, extra=()):
