@@ -13,8 +13,9 @@ from ..core.autograd import no_grad
 from ..backends import get_backend
 from ..text.records import pad_batch, prepare_pairs
 from ..trainers.sft import effective_max_len, resolve_tokenizer
-from .loop import TrainerBase, run_loop
-from .settings import LoopSettings, check_callback, check_model
+from .base import TrainerBase
+from .loop import run_loop
+from .settings import LoopSettings, check_callback, check_model, checked
 
 
 def pair_batch(examples, pad_id):
@@ -34,18 +35,47 @@ def pair_logps(model, examples, pad_id):
     return logps[:B], logps[B:]
 
 
+def pair_stats(metrics: dict, n: int) -> dict:
+    """Batch means of a spec statistics function as the loop's (sum, count) pairs over n pairs."""
+    return {k: (v * n, n) for k, v in metrics.items()}
+
+
+def dpo_micro_step(model, batch, pad_id, beta, label_smoothing, denominator):
+    """One DPO micro-batch: the loss of spec/losses.md §3 reduced over the effective batch (§10) and the
+    statistics of §4, each computed by the spec's own function. `batch` holds pair examples with their
+    reference log-probabilities ("ref_chosen", "ref_rejected"); returns (loss Tensor, stats)."""
+    be = get_backend()
+    pc, pr = pair_logps(model, batch, pad_id)
+    rc = be.asarray([e["ref_chosen"] for e in batch])
+    rr = be.asarray([e["ref_rejected"] for e in batch])
+    per_pair, cr, rj = losses.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing)
+    return losses.reduce_pair_losses(per_pair, denominator), pair_stats(losses.dpo_metrics(cr, rj), len(batch))
+
+
 class DPOTrainer(TrainerBase):
     """Direct Preference Optimization Trainer."""
+
+    #: the constructor's settings, in the order they are checked (thong_ke()['cau_hinh'])
+    SETTINGS = ("so_vong", "kich_thuoc_batch", "toc_do_hoc", "beta", "label_smoothing",
+                "gradient_accumulation", "gradient_clip", "max_seq_length", "logging_steps", "seed",
+                "warmup_ratio", "weight_decay")
 
     def __init__(self, so_vong=1, kich_thuoc_batch=2, toc_do_hoc=5e-7, beta=0.1, label_smoothing=0.0,
                  gradient_accumulation=4, gradient_clip=1.0, max_seq_length=512, logging_steps=10, seed=42,
                  *, warmup_ratio=0.0, weight_decay=0.0):
-        self._init_common({
-            "so_vong": so_vong, "kich_thuoc_batch": kich_thuoc_batch, "toc_do_hoc": toc_do_hoc, "beta": beta,
-            "label_smoothing": label_smoothing, "gradient_accumulation": gradient_accumulation,
-            "gradient_clip": gradient_clip, "max_seq_length": max_seq_length, "logging_steps": logging_steps,
-            "seed": seed, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay,
-        })
+        self.so_vong = checked("so_vong", so_vong)
+        self.kich_thuoc_batch = checked("kich_thuoc_batch", kich_thuoc_batch)
+        self.toc_do_hoc = checked("toc_do_hoc", toc_do_hoc)
+        self.beta = checked("beta", beta)
+        self.label_smoothing = checked("label_smoothing", label_smoothing)
+        self.gradient_accumulation = checked("gradient_accumulation", gradient_accumulation)
+        self.gradient_clip = checked("gradient_clip", gradient_clip)
+        self.max_seq_length = checked("max_seq_length", max_seq_length)
+        self.logging_steps = checked("logging_steps", logging_steps)
+        self.seed = checked("seed", seed)
+        self.warmup_ratio = checked("warmup_ratio", warmup_ratio)
+        self.weight_decay = checked("weight_decay", weight_decay)
+        self._init_common(self.SETTINGS)
 
     def huan_luyen(self, model, ref_model, preference_data, tokenizer=None, callback=None, *,
                    thu_muc_checkpoint=None, luu_moi=None, giu_lai=2, tiep_tuc_tu=None,
@@ -104,20 +134,7 @@ class DPOTrainer(TrainerBase):
         beta, eps = self.beta, self.label_smoothing
 
         def micro_step(batch, denominator):
-            be = get_backend()
-            pc, pr = pair_logps(model, batch, pad)
-            rc = be.asarray([e["ref_chosen"] for e in batch])
-            rr = be.asarray([e["ref_rejected"] for e in batch])
-            per_pair, cr, rj = losses.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
-            cr, rj = be.to_numpy(getattr(cr, "data", cr)), be.to_numpy(getattr(rj, "data", rj))
-            n = len(batch)
-            stats = {
-                "chosen_rewards": (float(cr.sum()), n),
-                "rejected_rewards": (float(rj.sum()), n),
-                "reward_margin": (float((cr - rj).sum()), n),
-                "reward_accuracy": (float((cr > rj).sum()), n),
-            }
-            return per_pair.sum() / denominator, stats
+            return dpo_micro_step(model, batch, pad, beta, eps, denominator)
 
         run = run_loop(model=model, examples=pairs, settings=LoopSettings(
             epochs=self.so_vong, batch_size=self.kich_thuoc_batch, accumulation=self.gradient_accumulation,

@@ -13,8 +13,9 @@ from ..core.autograd import no_grad
 from ..backends import get_backend
 from ..text.records import DataError, encode_for_scoring, pad_batch, prepare_pairs
 from ..trainers.sft import effective_max_len, resolve_tokenizer
-from .loop import TrainerBase, run_loop
-from .settings import LoopSettings, check_callback, check_int, check_model
+from .base import TrainerBase
+from .loop import run_loop
+from .settings import LoopSettings, check_callback, check_int, check_model, checked
 
 
 def score_ids(model, id_lists, batch_size, pad_id):
@@ -45,17 +46,37 @@ def _pair_scores(model, examples, pad_id):
     return s[:B], s[B:]
 
 
+def reward_micro_step(model, batch, pad_id, denominator):
+    """One reward-model micro-batch: the Bradley–Terry loss of spec/losses.md §5 reduced over the
+    effective batch (§10), the accuracy of §5 and the mean score margin; returns (loss Tensor, stats)."""
+    be = get_backend()
+    rc, rr = _pair_scores(model, batch, pad_id)
+    per_pair = losses.reward_loss(rc, rr, margin=be.asarray([e["margin"] for e in batch]))
+    n = len(batch)
+    c, r = rc.numpy(), rr.numpy()
+    stats = {"accuracy": (losses.reward_accuracy(c, r) * n, n), "reward_margin": (float((c - r).sum()), n)}
+    return losses.reduce_pair_losses(per_pair, denominator), stats
+
+
 class RewardModel(TrainerBase):
     """Mô hình phần thưởng cho RLHF / the reward model of RLHF."""
 
+    #: the constructor's settings, in the order they are checked (thong_ke()['cau_hinh'])
+    SETTINGS = ("toc_do_hoc", "seed", "kich_thuoc_batch", "gradient_accumulation", "gradient_clip",
+                "warmup_ratio", "weight_decay", "max_seq_length", "logging_steps")
+
     def __init__(self, toc_do_hoc=1e-5, seed=42, *, kich_thuoc_batch=4, gradient_accumulation=1,
                  gradient_clip=1.0, warmup_ratio=0.0, weight_decay=0.0, max_seq_length=512, logging_steps=10):
-        self._init_common({
-            "toc_do_hoc": toc_do_hoc, "seed": seed, "kich_thuoc_batch": kich_thuoc_batch,
-            "gradient_accumulation": gradient_accumulation, "gradient_clip": gradient_clip,
-            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_seq_length": max_seq_length,
-            "logging_steps": logging_steps,
-        })
+        self.toc_do_hoc = checked("toc_do_hoc", toc_do_hoc)
+        self.seed = checked("seed", seed)
+        self.kich_thuoc_batch = checked("kich_thuoc_batch", kich_thuoc_batch)
+        self.gradient_accumulation = checked("gradient_accumulation", gradient_accumulation)
+        self.gradient_clip = checked("gradient_clip", gradient_clip)
+        self.warmup_ratio = checked("warmup_ratio", warmup_ratio)
+        self.weight_decay = checked("weight_decay", weight_decay)
+        self.max_seq_length = checked("max_seq_length", max_seq_length)
+        self.logging_steps = checked("logging_steps", logging_steps)
+        self._init_common(self.SETTINGS)
         self.tokenizer = None
 
     def huan_luyen(self, model, preference_data, so_vong=1, callback=None, *, thu_muc_checkpoint=None,
@@ -82,14 +103,7 @@ class RewardModel(TrainerBase):
             model.add_score_head(seed=self.seed)
 
         def micro_step(batch, denominator):
-            be = get_backend()
-            rc, rr = _pair_scores(model, batch, pad)
-            margin = be.asarray([e["margin"] for e in batch])
-            per_pair = losses.reward_loss(rc, rr, margin=margin)
-            c, r = rc.numpy(), rr.numpy()
-            n = len(batch)
-            stats = {"accuracy": (float((c > r).sum()), n), "reward_margin": (float((c - r).sum()), n)}
-            return per_pair.sum() / denominator, stats
+            return reward_micro_step(model, batch, pad, denominator)
 
         run = run_loop(model=model, examples=pairs, settings=LoopSettings(
             epochs=so_vong, batch_size=self.kich_thuoc_batch, accumulation=self.gradient_accumulation,

@@ -11,8 +11,9 @@ from .. import losses
 from ..core.autograd import no_grad
 from ..backends import get_backend
 from ..text.records import IGNORE_INDEX, pad_batch, prepare_sft
-from .loop import TrainerBase, min_or_none, run_loop
-from .settings import LoopSettings, check_callback, check_model
+from .base import TrainerBase, min_or_none
+from .loop import run_loop
+from .settings import LoopSettings, check_callback, check_model, checked
 
 
 def resolve_tokenizer(tokenizer, model):
@@ -46,15 +47,25 @@ def lm_batch(examples, pad_id):
 class SFTTrainer(TrainerBase):
     """Supervised Fine-Tuning Trainer."""
 
+    #: the constructor's settings, in the order they are checked (thong_ke()['cau_hinh'])
+    SETTINGS = ("so_vong", "kich_thuoc_batch", "toc_do_hoc", "gradient_accumulation",
+                "gradient_clip", "warmup_ratio", "weight_decay", "max_seq_length", "logging_steps",
+                "seed")
+
     def __init__(self, so_vong=3, kich_thuoc_batch=4, toc_do_hoc=2e-5, gradient_accumulation=4,
                  gradient_clip=1.0, warmup_ratio=0.1, weight_decay=0.01, max_seq_length=512,
                  logging_steps=10, seed=42):
-        self._init_common({
-            "so_vong": so_vong, "kich_thuoc_batch": kich_thuoc_batch, "toc_do_hoc": toc_do_hoc,
-            "gradient_accumulation": gradient_accumulation, "gradient_clip": gradient_clip,
-            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_seq_length": max_seq_length,
-            "logging_steps": logging_steps, "seed": seed,
-        })
+        self.so_vong = checked("so_vong", so_vong)
+        self.kich_thuoc_batch = checked("kich_thuoc_batch", kich_thuoc_batch)
+        self.toc_do_hoc = checked("toc_do_hoc", toc_do_hoc)
+        self.gradient_accumulation = checked("gradient_accumulation", gradient_accumulation)
+        self.gradient_clip = checked("gradient_clip", gradient_clip)
+        self.warmup_ratio = checked("warmup_ratio", warmup_ratio)
+        self.weight_decay = checked("weight_decay", weight_decay)
+        self.max_seq_length = checked("max_seq_length", max_seq_length)
+        self.logging_steps = checked("logging_steps", logging_steps)
+        self.seed = checked("seed", seed)
+        self._init_common(self.SETTINGS)
 
     def _settings(self):
         return LoopSettings(epochs=self.so_vong, batch_size=self.kich_thuoc_batch,
