@@ -436,7 +436,7 @@ def _trainer_case(kind: str, seed: int) -> dict:
         "micro_batches": micro_batches,
         "windows": windows,
     }
-    from vietnamese_ai_ref.conformance.runner import _reference_trainer_run
+    from vietnamese_ai_ref.conformance.reference import reference_trainer_run as _reference_trainer_run
 
     diagnostics = {}
     with use_backend("numpy", "float64"):  # = R.run_trainer_vector, from exactly what the file will hold

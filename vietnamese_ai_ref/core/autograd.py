@@ -14,6 +14,10 @@ gradients into its buffer afterwards. The values are exactly those without homes
 
 What it is not: a general tensor library. No in-place ops on graph tensors, no higher-order
 gradients, no views that alias a parent's gradient. Integer tensors never require grad.
+
+It is over 600 lines on purpose: every primitive op keeps its backward beside its forward, and the
+`Tensor` operators call them, so the ops and the class they serve stay one module a reader walks
+through top to bottom (micrograd's layout) rather than two that import each other.
 """
 
 from __future__ import annotations

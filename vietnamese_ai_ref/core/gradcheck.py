@@ -75,17 +75,9 @@ def gradcheck(
                 t.data[pos] = orig - eps
                 fm = scalar()
                 t.data[pos] = orig
-                num = (fp - fm) / (2 * eps)
-                ana = float(gflat[j])
-                err = abs(num - ana)
-                worst = worst if worst > err else err
-                checked += 1
-                if err > atol + rtol * abs(num):
-                    idx = tuple(int(k) for k in _unravel(j, t.shape))
-                    raise GradcheckError(
-                        f"input {i} (shape {t.shape}) element {idx}: backprop {ana!r} vs "
-                        f"finite difference {num!r} (|diff| {err:.3e})"
-                    )
+                err = _compare((fp - fm) / (2 * eps), float(gflat[j]), atol, rtol,
+                               lambda: f"input {i} (shape {t.shape}) element {tuple(int(k) for k in pos)}")
+                worst, checked = max(worst, err), checked + 1
         else:
             orig = t.data.copy()
             for d in range(n_directions):
@@ -96,17 +88,18 @@ def gradcheck(
                 t.data[...] = orig - eps * v
                 fm = scalar()
                 t.data[...] = orig
-                num = (fp - fm) / (2 * eps)
-                ana = float((g * v).sum())
-                err = abs(num - ana)
-                worst = worst if worst > err else err
-                checked += 1
-                if err > atol + rtol * abs(num):
-                    raise GradcheckError(
-                        f"input {i} (shape {t.shape}) random direction {d}: backprop {ana!r} vs "
-                        f"finite difference {num!r} (|diff| {err:.3e})"
-                    )
+                err = _compare((fp - fm) / (2 * eps), float((g * v).sum()), atol, rtol,
+                               lambda: f"input {i} (shape {t.shape}) random direction {d}")
+                worst, checked = max(worst, err), checked + 1
     return {"max_abs_err": worst, "checked": checked}
+
+
+def _compare(num: float, ana: float, atol: float, rtol: float, where) -> float:
+    """|num − ana|; GradcheckError naming `where()` when it exceeds atol + rtol·|num|."""
+    err = abs(num - ana)
+    if err > atol + rtol * abs(num):
+        raise GradcheckError(f"{where()}: backprop {ana!r} vs finite difference {num!r} (|diff| {err:.3e})")
+    return err
 
 
 def _unravel(j, shape):

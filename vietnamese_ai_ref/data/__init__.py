@@ -1,1 +1,5 @@
-"""Bundled Vietnamese demo data (JSONL). Built by scripts/make_demo_data.py; data only, no code."""
+"""Bundled Vietnamese demo data (JSONL files), built by scripts/make_demo_data.py.
+
+What it is for: the demo's SFT, preference and held-out splits, read with importlib.resources.
+What it is not: code; nothing here imports anything.
+"""

@@ -162,7 +162,7 @@ class _Run:
     """One call of `run_loop`: the settings, the model and optimiser, the state, and the step."""
 
     def __init__(self, *, model, examples, settings, micro_step, weight_of, stat_keys, callback, evaluate,
-                 checkpoint, skip_nonfinite, extra_state, schedule, on_step):
+                 checkpoint, skip_nonfinite, extra_state, schedule, on_step, warmup_steps):
         self.t0 = time.perf_counter()
         self.model, self.examples, self.s = model, examples, settings
         self.micro_step, self.weight_of, self.stat_keys = micro_step, weight_of, tuple(stat_keys)
@@ -173,6 +173,8 @@ class _Run:
         else:
             self.total = len(schedule)
             self.warmup = plan_steps(1, dataclasses.replace(settings, epochs=self.total))[3]
+        if warmup_steps is not None:
+            self.warmup = warmup_steps
         ck = checkpoint
         self.resume = ck.resume if ck is not None else None
         on = ck is not None and (self.resume is not None or ck.directory is not None or bool(ck.every))
@@ -324,7 +326,7 @@ class _Run:
 
 def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, stat_keys=(),
              callback=None, evaluate=None, checkpoint=None, skip_nonfinite=False, extra_state=None,
-             schedule=None, on_step=None) -> dict:
+             schedule=None, on_step=None, warmup_steps=None) -> dict:
     """Train `model` on `examples`. Returns a dict: history, global_step, epochs_done, total_steps,
     warmup_steps, time, stopped, skipped, checkpoint (the last one written, or None), resumed_from.
 
@@ -338,8 +340,10 @@ def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, 
     schedule: instead of shuffled epochs, an explicit list of optimiser steps, each a list of
     micro-batches (lists of examples) — the trainer vectors' step schedule (spec/vectors/README.md).
     on_step(step, opt, grad_norm): called after the gradient norm of each step, before clipping (the
-    conformance reference reads the step-1 gradients there).
+    conformance reference reads the step-1 gradients there). warmup_steps: overrides the warm-up the
+    settings imply (a trainer vector states its own).
     """
     return _Run(model=model, examples=examples, settings=settings, micro_step=micro_step, weight_of=weight_of,
                 stat_keys=stat_keys, callback=callback, evaluate=evaluate, checkpoint=checkpoint,
-                skip_nonfinite=skip_nonfinite, extra_state=extra_state, schedule=schedule, on_step=on_step)()
+                skip_nonfinite=skip_nonfinite, extra_state=extra_state, schedule=schedule, on_step=on_step,
+                warmup_steps=warmup_steps)()
