@@ -299,3 +299,34 @@ def test_modules_use_backend_layer_only():
         src = (root / name).read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(numpy|cupy)\b", src, re.M), name
         assert src.startswith('"""'), name
+
+
+def test_load_state_dict_keeps_the_optimiser_training(backend):
+    """load_state_dict copies into the existing buffers: an AdamW built before the load still moves the
+    weights, bit-identically to one built after (it used to rebind p.data and silently detach them)."""
+    from vietnamese_ai_ref.core.optim import AdamW
+    from vietnamese_ai_ref.losses import sft_loss
+
+    ids = backend.xp.asarray([[257, 5, 9, 200, 7], [257, 3, 3, 8, 258]])
+
+    def train(model, opt, steps=3):
+        for _ in range(steps):
+            opt.zero_grad()
+            sft_loss(model(ids), ids).backward()
+            opt.gather_grads()
+            opt.step(1e-2)
+        return {n: backend.to_numpy(p.data).copy() for n, p in model.named_parameters().items()}
+
+    donor = TransformerLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, seed=3))
+    before = TransformerLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, seed=7))
+    opt_before = AdamW(before.named_parameters(), lr=1e-2)
+    before.load_state_dict(donor.state_dict())
+    after = TransformerLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, seed=7))
+    after.load_state_dict(donor.state_dict())
+    opt_after = AdamW(after.named_parameters(), lr=1e-2)
+    start = donor.state_dict()
+    a, b = train(before, opt_before), train(after, opt_after)
+    for n in a:
+        np.testing.assert_array_equal(a[n], b[n])
+    moved = max(float(np.abs(a[n] - start[n]).max()) for n in a)
+    assert moved > 1e-4  # the weights really moved
