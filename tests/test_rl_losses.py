@@ -452,3 +452,17 @@ def test_tensor_in_tensor_out_and_arrays_in_arrays_out():
     assert isinstance(out, Tensor) and out.requires_grad
     arr = R.grpo_loss(np.zeros((1, 2)), None, [1.0], [[1, 1]])
     assert isinstance(arr, np.ndarray) and arr.shape == () and float(arr) == -1.0
+
+
+def test_float32_inputs_stay_float32():
+    with use_backend("numpy", "float32"):
+        z = np.zeros((4, 3), dtype=np.float32)
+        for scale in ("group", "batch", "none"):
+            assert R.grpo_advantages([1.0, 2.0, 4.0, NAN], 2, scale).dtype == np.float32
+        r = np.array([1.0, 2.0, 3.0, 5.0], dtype=np.float32)
+        assert R.rloo_advantages(r, 2, z, z, np.ones((4, 3)), 0.1, True).dtype == np.float32
+        lp = Tensor(z - 1.0, requires_grad=True)
+        for lt in R.GRPO_LOSS_TYPES:
+            out = R.grpo_loss(lp, z - 1.1, r, np.ones((4, 3)), z, 0.1, loss_type=lt, max_completion_length=3)
+            assert out.dtype == np.float32
+        assert R.rloo_loss(lp, None, r, np.ones((4, 3))).dtype == np.float32

@@ -160,7 +160,7 @@ def _rewards(rewards, num_generations) -> tuple:
 def _nanmean(x, axis=None):
     xp = get_backend().xp
     ok = ~xp.isnan(x)
-    n = ok.sum(axis=axis)
+    n = ok.sum(axis=axis).astype(x.dtype)  # float counts: an integer divisor would promote float32
     s = xp.where(ok, x, 0.0).sum(axis=axis)
     return xp.where(n > 0, s / xp.maximum(n, 1), xp.nan)
 
@@ -169,7 +169,7 @@ def _nanstd(x, axis=None):
     """Bessel-corrected std over the non-NaN entries; NaN where fewer than 2 (TRL `nanstd`)."""
     xp = get_backend().xp
     ok = ~xp.isnan(x)
-    n = ok.sum(axis=axis)
+    n = ok.sum(axis=axis).astype(x.dtype)
     m = _nanmean(x, axis)
     mk = m if axis is None else xp.expand_dims(m, axis)
     sq = xp.where(ok, (x - mk) ** 2, 0.0).sum(axis=axis)
@@ -452,7 +452,7 @@ def rloo_advantages(rewards, num_generations, old_logps=None, ref_logps=None, ma
         r = r - b * kl
     if G > 1:
         grouped = r.reshape(B // G, G)  # (P, G)
-        count = (~xp.isnan(grouped)).sum(axis=1, keepdims=True)  # (P, 1) scorable rows
+        count = (~xp.isnan(grouped)).sum(axis=1, keepdims=True).astype(r.dtype)  # (P, 1) scorable rows
         total = xp.where(xp.isnan(grouped), 0.0, grouped).sum(axis=1, keepdims=True)  # (P, 1)
         baseline = xp.where(count > 1, (total - grouped) / xp.maximum(count - 1, 1), xp.nan)  # (P, G)
         adv = r - baseline.reshape(B)
