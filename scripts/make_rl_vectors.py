@@ -6,7 +6,7 @@ spec/vectors/README.md (`vietnamese_ai_ref.vectors/1`; arrays and floats encoded
 `conformance.encode_value`). Inputs come from Python's `random.Random("<SEED>:<file stem>")` (as
 scripts/make_vectors.py: reproducible on every platform and NumPy version); expected values and the
 gradients w.r.t. `logps` (of Σ upstream ⊙ loss, for a recorded random upstream) come from
-`RLReferenceAdapter` below (vietnamese_ai_ref.rl_losses, NumPy backend, float64). Run from the
+`RLReferenceAdapter` below (vietnamese_ai_ref.losses.rl, NumPy backend, float64). Run from the
 repository root:
 
     python scripts/make_rl_vectors.py                   # (re)write the five files
@@ -30,12 +30,10 @@ from pathlib import Path
 import numpy as np  # scripts/ is outside the package: the host-NumPy rule applies to vietnamese_ai_ref/ only
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_vectors import SEED, _case, _err_case, _ints, _u, diff, dumps  # noqa: E402
+from make_vectors import SEED, _case, _err_case, _u, diff, dumps  # noqa: E402
 
-from vietnamese_ai_ref import rl_losses as RL  # noqa: E402
-from vietnamese_ai_ref.autograd import Tensor  # noqa: E402
-from vietnamese_ai_ref.backends import to_numpy, use_backend  # noqa: E402
-from vietnamese_ai_ref.conformance import FORMAT  # noqa: E402
+from vietnamese_ai_ref.losses import rl as RL  # noqa: E402
+from vietnamese_ai_ref.conformance import FORMAT, reference_adapter  # noqa: E402
 
 RL_SPEC_VERSION = "1.1"
 OUT_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
@@ -63,48 +61,9 @@ SECTIONS = {
 }
 
 
-class RLReferenceAdapter:
-    """vietnamese_ai_ref.rl_losses behind the adapter protocol (float64, NumPy backend); to join
-    conformance.ReferenceAdapter when the runner learns the RL functions."""
+#: The package's own reference adapter computes every expected value (the oracle runs what it certifies).
+A = reference_adapter
 
-    @staticmethod
-    def _call(fn, *args):
-        with use_backend("numpy", "float64"):
-            out = fn(*args)
-            return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
-
-    @staticmethod
-    def _grad(fn, logps, rest, upstream):
-        with use_backend("numpy", "float64"):
-            x = Tensor(np.array(logps, dtype=np.float64), requires_grad=True)
-            fn(x, *rest).backward(np.asarray(upstream, dtype=np.float64))
-            return {"logps": to_numpy(x.grad)}
-
-    def grpo_advantages(self, rewards, num_generations, scale_rewards):
-        return self._call(RL.grpo_advantages, rewards, num_generations, scale_rewards)
-
-    def grpo_loss(self, *args):
-        return self._call(RL.grpo_loss, *args)
-
-    def grpo_loss_grad(self, *args):
-        *args, upstream = args
-        return self._grad(RL.grpo_loss, args[0], args[1:], upstream)
-
-    def rloo_advantages(self, *args):
-        return self._call(RL.rloo_advantages, *args)
-
-    def rloo_loss(self, *args):
-        return self._call(RL.rloo_loss, *args)
-
-    def rloo_loss_grad(self, *args):
-        *args, upstream = args
-        return self._grad(RL.rloo_loss, args[0], args[1:], upstream)
-
-    def online_dpo_pairs(self, rewards, has_eos, missing_eos_penalty):
-        return self._call(RL.online_dpo_pairs, rewards, has_eos, missing_eos_penalty)
-
-
-A = RLReferenceAdapter()
 
 
 # ============================ input helpers ========================================================

@@ -512,8 +512,13 @@ FILES = (
 )
 
 
+#: The spec version that introduced the files this script writes (they did not change in 1.1).
+INTRODUCED = "1.0"
+
+
 def build(seed: int = SEED) -> dict:
-    """{file name: JSON object} for every vector file and manifest.json, computed in memory."""
+    """{file name: JSON object} for every vector file and manifest.json, computed in memory (the spec 1.1
+    RL files come from scripts/make_rl_vectors.py and are listed in the same manifest)."""
     out, entries = {}, []
     for function, builder, section in FILES:
         rng = random.Random(f"{seed}:{function}")
@@ -521,7 +526,7 @@ def build(seed: int = SEED) -> dict:
         fname = f"{function}.json"
         out[fname] = {
             "format": FORMAT,
-            "spec_version": SPEC_VERSION,
+            "spec_version": INTRODUCED,
             "function": function,
             "section": section,
             "cases": cases,
@@ -535,13 +540,18 @@ def build(seed: int = SEED) -> dict:
             "grad_checks": sum(1 for c in cases if "grad" in c),
             "error_checks": sum(1 for c in cases if "expect_error" in c),
         })
+    import make_rl_vectors  # the spec 1.1 RL files (same folder; imports this module)
+
+    rl_files = make_rl_vectors.build()
+    out.update(rl_files)
+    entries += make_rl_vectors.manifest_entries(rl_files)
     trainer_entries = []
     for kind, section in TRAINER_FILES:
         fname = f"trainer_{kind}.json"
         cases = [_trainer_case(kind, seed)]
         out[fname] = {
             "format": TRAINER_FORMAT,
-            "spec_version": SPEC_VERSION,
+            "spec_version": INTRODUCED,
             "trainer": kind,
             "section": section,
             "sections": list(TRAINER_SECTIONS),

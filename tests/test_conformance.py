@@ -54,8 +54,12 @@ def test_torch_adapter_passes():
     pytest.importorskip("torch")
     adapter = C.load_adapter(str(ROOT / "examples" / "torch_adapter.py"))
     report = C.run(adapter)
-    fails = [r for r in report.rows if r.status != "OK"]
+    fails = [r for r in report.rows if r.status == "FAIL"]
     assert not fails, C.format_report(report, "torch", quiet=True)
+    # the example adapter implements spec 1.0; the optional 1.1 RL functions SKIP (tests/test_rl_losses_torch.py
+    # checks the RL vectors against torch)
+    skipped = {r.detail.split("()")[0].split()[-1] for r in report.rows if r.status == "SKIP"}
+    assert skipped <= {f.name for f in C.PROTOCOL.values() if f.since != "1.0"}, skipped
     # independent code: agreement to rounding, not bit-identity everywhere
     assert max(r.max_abs for r in report.rows if r.max_abs is not None and r.check != "trainer") < 1e-13
     # end to end (5 AdamW steps): rounding, plus the noise-integrating parameters (README; < 1e-10 measured)

@@ -1,4 +1,4 @@
-"""Tests of vietnamese_ai_ref.rl_losses: hand-computed cases, Hypothesis properties, gradients, validation.
+"""Tests of vietnamese_ai_ref.losses.rl: hand-computed cases, Hypothesis properties, gradients, validation.
 
 What it is for: the numbers spec/rl.md states (GRPO/RLOO advantages, the GRPO loss with its four
 aggregations and accumulation rules, the RLOO loss, the online-DPO pair choice, token log-probs and
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vietnamese_ai_ref import rl_losses as R
-from vietnamese_ai_ref.autograd import Tensor
+from vietnamese_ai_ref.losses import rl as R
+from vietnamese_ai_ref.core.autograd import Tensor
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.gradcheck import gradcheck
+from vietnamese_ai_ref.core.gradcheck import gradcheck
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAN = float("nan")

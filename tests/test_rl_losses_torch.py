@@ -19,8 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vietnamese_ai_ref import rl_losses as R  # noqa: E402
-from vietnamese_ai_ref.autograd import Tensor  # noqa: E402
+from vietnamese_ai_ref.losses import rl as R  # noqa: E402
+from vietnamese_ai_ref.core.autograd import Tensor  # noqa: E402
 from vietnamese_ai_ref.backends import use_backend  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -87,7 +87,7 @@ def _run(adapter, case, fn):
 @pytest.mark.parametrize("name", sorted(REGENERATED))
 def test_every_case_passes_through_the_reference_adapter(name):
     fn = FILES[name]["function"]
-    A = GEN.RLReferenceAdapter()
+    A = GEN.A
     impl = getattr(A, fn)
     for case in FILES[name]["cases"]:
         argv = _run(A, case, fn)

@@ -6,4 +6,4 @@ What it is not: anything else; it imports nothing, so importing it never starts 
 """
 
 __version__ = "0.1.0"
-SPEC_VERSION = "1.0"
+SPEC_VERSION = "1.1"

@@ -38,12 +38,16 @@ class Fn:
     outputs: tuple  # output names; one name = a single returned array
     wrt: tuple = ()  # float arguments the optional gradient function differentiates
     grad_of: str | None = None  # the output whose upstream gradient is given
+    since: str = "1.0"  # the spec version that added it; functions added after 1.0 are optional (SKIP)
 
     @property
     def grad_name(self) -> str | None:
         return f"{self.name}_grad" if self.wrt else None
 
 
+_GRPO_ARGS = ("logps", "old_logps", "advantages", "mask", "ref_logps", "beta", "epsilon_low", "epsilon_high",
+              "loss_type", "importance_sampling_level", "delta", "num_items_in_batch", "max_completion_length",
+              "num_accumulation_steps")
 _DPO_ARGS = ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps")
 
 PROTOCOL: dict[str, Fn] = {
@@ -56,6 +60,15 @@ PROTOCOL: dict[str, Fn] = {
         Fn("reward_loss", ("rewards_chosen", "rewards_rejected", "margin"), ("losses",),
            ("rewards_chosen", "rewards_rejected"), "losses"),
         Fn("normalize_scores", ("scores",), ("normalized",)),
+        # spec 1.1 (spec/rl.md): optional, so an adapter written for 1.0 still conforms
+        Fn("grpo_advantages", ("rewards", "num_generations", "scale_rewards"), ("advantages",), since="1.1"),
+        Fn("grpo_loss", _GRPO_ARGS, ("loss",), ("logps",), "loss", since="1.1"),
+        Fn("rloo_advantages", ("rewards", "num_generations", "old_logps", "ref_logps", "mask", "beta",
+                               "normalize_advantages", "reward_clip_range"), ("advantages",), since="1.1"),
+        Fn("rloo_loss", ("logps", "old_logps", "advantages", "mask", "epsilon_low", "epsilon_high",
+                         "num_accumulation_steps"), ("loss",), ("logps",), "loss", since="1.1"),
+        Fn("online_dpo_pairs", ("rewards", "has_eos", "missing_eos_penalty"), ("chosen_index", "rejected_index"),
+           since="1.1"),
     )
 }
 

@@ -102,6 +102,41 @@ class ReferenceAdapter:
             L.reward_loss(c, r, m).backward(self._arr(upstream, "float64"))
             return {"rewards_chosen": self._host(c.grad), "rewards_rejected": self._host(r.grad)}
 
+    # -- spec 1.1: online RL (spec/rl.md) ------------------------------------------------------------
+    def _rl_value(self, fn, *args):
+        with self._ctx():
+            out = fn(*(self._arr(a) if hasattr(a, "shape") else a for a in args))
+            return tuple(self._host(o) for o in out) if isinstance(out, tuple) else self._host(out)
+
+    def _rl_grad(self, fn, args):
+        *args, upstream = args
+        with self._ctx():
+            x = self._var(args[0])
+            fn(x, *(self._arr(a) if hasattr(a, "shape") else a for a in args[1:])).backward(
+                self._arr(upstream, "float64"))
+            return {"logps": self._host(x.grad)}
+
+    def grpo_advantages(self, rewards, num_generations, scale_rewards):
+        return self._rl_value(L.grpo_advantages, rewards, num_generations, scale_rewards)
+
+    def grpo_loss(self, *args):
+        return self._rl_value(L.grpo_loss, *args)
+
+    def grpo_loss_grad(self, *args):
+        return self._rl_grad(L.grpo_loss, args)
+
+    def rloo_advantages(self, *args):
+        return self._rl_value(L.rloo_advantages, *args)
+
+    def rloo_loss(self, *args):
+        return self._rl_value(L.rloo_loss, *args)
+
+    def rloo_loss_grad(self, *args):
+        return self._rl_grad(L.rloo_loss, args)
+
+    def online_dpo_pairs(self, rewards, has_eos, missing_eos_penalty):
+        return self._rl_value(L.online_dpo_pairs, rewards, has_eos, missing_eos_penalty)
+
     # -- end-to-end trainer vectors (spec/vectors/README.md, "End-to-end trainer vectors") -----
     def run_trainer_vector(self, inputs: dict) -> dict:
         """Run a trainer vector's steps through the trainers' own loop (`trainers.loop.run_loop`) with

@@ -1,4 +1,4 @@
-"""The alignment losses of spec/losses.md, one pure function per spec section.
+"""The offline alignment losses of spec/losses.md, one pure function per spec section.
 
 What it is for: the numbers every trainer of `vietnamese_ai_ref` computes and every conforming
 implementation must reproduce: the sequence log-probability of a completion (§1), the SFT loss over a
@@ -28,9 +28,9 @@ import builtins
 import math
 import numbers
 
-from .core import autograd as ag
-from .core.autograd import Tensor
-from .backends import get_backend
+from ..core import autograd as ag
+from ..core.autograd import Tensor
+from ..backends import get_backend
 
 __all__ = [
     "IGNORE_INDEX",

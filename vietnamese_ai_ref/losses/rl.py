@@ -15,7 +15,7 @@ sums micro-batches; the trainers do that with the arguments stated below (`num_i
 step's loss. Only `logps` (and `logits`) carry gradients: old, reference log-probs, advantages and
 masks are constants (TRL detaches them too).
 
-Input kinds (as losses.py): Tensors in give Tensors out (losses differentiable, advantages detached);
+Input kinds (as offline.py): Tensors in give Tensors out (losses differentiable, advantages detached);
 arrays, NumPy arrays or lists in give backend arrays out. Errors are ValueErrors, Vietnamese first,
 English after the slash, naming the argument, what was expected and what came, raised before any
 arithmetic.
@@ -26,10 +26,10 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import autograd as ag
-from .autograd import Tensor
-from .backends import get_backend
-from .losses import _as_float, _check_finite, _check_real_scalar, _err, _out
+from ..backends import get_backend
+from ..core import autograd as ag
+from ..core.autograd import Tensor
+from .offline import _as_float, _check_finite, _check_real_scalar, _err, _out
 
 __all__ = [
     "ADVANTAGE_EPS",
