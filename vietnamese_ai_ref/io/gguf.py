@@ -74,12 +74,14 @@ def _import_gguf():
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf `LlamaModel.permute`: within each head, rows in transformers'
     rotate-half order (first half, second half) become interleaved pairs, as ggml's rope expects."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (H,2,hd/2,..)->(H,hd/2,2,..)
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (H, 2, hd/2, ..) -> (H, hd/2, 2, ..)
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """The inverse of `permute_qk` (GGUF's interleaved rows back to transformers' order)."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (H,hd/2,2,..)->(H,2,hd/2,..)
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (H, hd/2, 2, ..) -> (H, 2, hd/2, ..)
 
 
 # ============================ reading ==========================================================
@@ -182,8 +184,9 @@ def _hf_name(gname: str, arch: str) -> tuple:
     return None, None
 
 
-def _need(meta: dict, key: str, where: str, kind=int):
-    v = meta.get(key)
+def _need(meta: dict, key: str, where: str, kind=int, default=None):
+    """meta[key] (or `default` when absent), checked to be of `kind`; CheckpointError naming the key."""
+    v = meta.get(key, default)
     if isinstance(v, bool) or not isinstance(v, kind):
         raise CheckpointError(f"Thiếu hoặc sai khoá / missing or invalid metadata key {key} in {where}: "
                               f"expected {kind.__name__ if isinstance(kind, type) else 'a number'}, got {v!r}")
@@ -194,7 +197,7 @@ def _llama_config(meta: dict, arch: str, names: set, vocab: int, where: str) -> 
     """transformers config.json of a llama / qwen2 GGUF file (hyper-parameters from `<arch>.*`)."""
     p = arch + "."
     heads = _need(meta, p + "attention.head_count", where)
-    kv = meta.get(p + "attention.head_count_kv", heads)
+    kv = _need(meta, p + "attention.head_count_kv", where, default=heads)  # a per-layer list is refused here
     hidden = _need(meta, p + "embedding_length", where)
     head_dim = meta.get(p + "attention.key_length") or meta.get(p + "rope.dimension_count") or hidden // heads
     for key in ("attention.value_length", "rope.dimension_count"):
@@ -206,7 +209,7 @@ def _llama_config(meta: dict, arch: str, names: set, vocab: int, where: str) -> 
         "model_type": arch, "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": _need(meta, p + "feed_forward_length", where),
         "num_hidden_layers": _need(meta, p + "block_count", where),
-        "num_attention_heads": heads, "num_key_value_heads": _need({"kv": kv}, "kv", where), "head_dim": head_dim,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim,
         "max_position_embeddings": _need(meta, p + "context_length", where),
         "rms_norm_eps": _need(meta, p + "attention.layer_norm_rms_epsilon", where, (int, float)),
         "rope_theta": float(meta.get(p + "rope.freq_base", 10000.0)),
@@ -318,15 +321,23 @@ def read_gguf(path, dtype="float32", with_tokenizer: bool = True) -> GGUFModel:
 # ============================ writing ==========================================================
 
 def _arch_metadata(model_type: str, config: dict) -> tuple:
-    """(architecture, [(key, value, kind)]) for a transformers config; unsupported options raise."""
+    """(architecture, vocab_size, [(key, value, kind)]) for a transformers config; unsupported options raise."""
     if model_type == "gpt2":
-        d = config["n_embd"]
-        if config.get("n_inner") not in (None, 4 * d):
+        missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if k not in config]
+        if missing:
+            raise CheckpointError(f"Thiếu khoá cấu hình GPT-2 / missing GPT-2 config keys: {', '.join(missing)}")
+        try:
+            c = GPTConfig(**{k: config[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
+                                                    "layer_norm_epsilon") if k in config})
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(str(e)) from e
+        if config.get("n_inner") not in (None, 4 * c.n_embd):
             raise CheckpointError(f"Không hỗ trợ / unsupported n_inner={config['n_inner']!r} (only 4*n_embd)")
-        return "gpt2", [("gpt2.context_length", config["n_positions"], "u32"), ("gpt2.embedding_length", d, "u32"),
-                        ("gpt2.feed_forward_length", 4 * d, "u32"), ("gpt2.block_count", config["n_layer"], "u32"),
-                        ("gpt2.attention.head_count", config["n_head"], "u32"),
-                        ("gpt2.attention.layer_norm_epsilon", config.get("layer_norm_epsilon", 1e-5), "f32")]
+        return "gpt2", c.vocab_size, [
+            ("gpt2.context_length", c.n_positions, "u32"), ("gpt2.embedding_length", c.n_embd, "u32"),
+            ("gpt2.feed_forward_length", 4 * c.n_embd, "u32"), ("gpt2.block_count", c.n_layer, "u32"),
+            ("gpt2.attention.head_count", c.n_head, "u32"),
+            ("gpt2.attention.layer_norm_epsilon", c.layer_norm_epsilon, "f32")]
     if model_type not in _ARCH_OF:
         raise CheckpointError(f"model_type {model_type!r} không ghi được ra GGUF / cannot be written as GGUF "
                               f"(supported: {', '.join(sorted(_ARCH_OF))})")
@@ -334,8 +345,6 @@ def _arch_metadata(model_type: str, config: dict) -> tuple:
     arch = _ARCH_OF[model_type]
     if "sliding_attention" in (cfg.layer_types or []):
         raise CheckpointError("Không hỗ trợ / sliding-window attention cannot be written as GGUF here")
-    if model_type == "qwen2" and cfg.mlp_bias:
-        raise CheckpointError("Qwen2 với mlp_bias không ghi được / Qwen2 with mlp_bias cannot be written as GGUF")
     p = arch + "."
     out = [(p + "context_length", cfg.max_position_embeddings, "u32"), (p + "embedding_length", cfg.hidden_size, "u32"),
            (p + "feed_forward_length", cfg.intermediate_size, "u32"), (p + "block_count", cfg.num_hidden_layers, "u32"),
@@ -346,7 +355,7 @@ def _arch_metadata(model_type: str, config: dict) -> tuple:
            (p + "attention.layer_norm_rms_epsilon", cfg.rms_norm_eps, "f32"), (p + "vocab_size", cfg.vocab_size, "u32")]
     if cfg.rope_scaling is not None:
         out += [(p + "rope.scaling.type", "linear", "str"), (p + "rope.scaling.factor", cfg.rope_scaling["factor"], "f32")]
-    return arch, out
+    return arch, cfg.vocab_size, out
 
 
 def _gguf_tensors(model_type: str, arch: str, config: dict, tensors: dict) -> dict:
@@ -408,8 +417,7 @@ def write_gguf(path, *, model_type: str, config: dict, tensors: dict, tokenizer_
     if "score.weight" in tensors:
         raise CheckpointError("Mô hình có score head không ghi được ra GGUF / a model with a score head "
                               "(reward model) cannot be written as GGUF")
-    arch, kvs = _arch_metadata(model_type, config)
-    vocab_size = config["vocab_size"]
+    arch, vocab_size, kvs = _arch_metadata(model_type, config)
     gt = _gguf_tensors(model_type, arch, config, tensors)
     kvs += [("general.file_type", _FILE_TYPE[dtype], "u32"),
             ("general.quantization_version", gguf.GGML_QUANT_VERSION, "u32")]
