@@ -392,6 +392,8 @@ def test_write_is_atomic_and_bad_input_is_refused(tmp_path):
         write_gguf(path, model_type="llama", config=cfg, tensors=hf, dtype="Q4_0")
     with pytest.raises(CheckpointError, match="bert"):
         write_gguf(path, model_type="bert", config=cfg, tensors=hf)
+    with pytest.raises(CheckpointError, match="eos_token_id"):
+        write_gguf(path, model_type="llama", config=cfg, tensors=hf, special_ids={"eos_token_id": 300})
     with pytest.raises(CheckpointError, match="score"):
         write_gguf(path, model_type="llama", config=cfg, tensors=dict(hf, **{"score.weight": np.zeros((1, 256))}))
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.gguf"]

@@ -398,18 +398,22 @@ def _encode(arr: np.ndarray, dtype: str, gguf) -> tuple:
 
 
 def _write_kv(w, key: str, value, kind: str) -> None:
-    {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string, "bool": w.add_bool}[kind](key, value)
+    """One key-value pair with its GGUF type (lists: gguf picks the element type, str or int)."""
+    {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string, "bool": w.add_bool,
+     "list": w.add_array}[kind](key, value)
 
 
 def write_gguf(path, *, model_type: str, config: dict, tensors: dict, tokenizer_json: str | None = None,
-               chat_template: str | None = None, special_ids: dict | None = None, dtype: str = "F32") -> None:
+               chat_template: str | None = None, special_ids: dict | None = None, dtype: str = "F32",
+               add_bos_token: bool | None = None) -> None:
     """Write a GGUF file llama.cpp reads: hyper-parameters, tensors, vocabulary, chat template, special ids.
 
     model_type: "llama" (and "mistral", written as llama.cpp's "llama"), "qwen2" or "gpt2"; config: the
     transformers config.json dict; tensors: transformers names -> arrays (as read_gguf returns them);
     tokenizer_json: a byte-level BPE tokenizer.json (None: no vocabulary is written); special_ids:
     {"bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"} -> int | None; dtype: "F32", "F16"
-    or "BF16" for 2-D tensors. Atomic: a temporary file in the same folder, fsync, then rename.
+    or "BF16" for 2-D tensors; add_bos_token: tokenizer.ggml.add_bos_token (whether llama.cpp adds bos;
+    None: not written). Atomic: a temporary file in the same folder, fsync, then rename.
     """
     gguf = _import_gguf()
     if dtype not in WRITE_TYPES:
@@ -421,13 +425,22 @@ def write_gguf(path, *, model_type: str, config: dict, tensors: dict, tokenizer_
     gt = _gguf_tensors(model_type, arch, config, tensors)
     kvs += [("general.file_type", _FILE_TYPE[dtype], "u32"),
             ("general.quantization_version", gguf.GGML_QUANT_VERSION, "u32")]
-    vocab = gguf_vocab_from_tokenizer_json(tokenizer_json) if tokenizer_json is not None else None
+    try:
+        vocab = gguf_vocab_from_tokenizer_json(tokenizer_json) if tokenizer_json is not None else None
+    except GGUFVocabError as e:
+        raise CheckpointError(str(e)) from e
     if vocab is not None:
         n = len(vocab["tokenizer.ggml.tokens"])
         if n > vocab_size:
             raise CheckpointError(f"Tokenizer lớn hơn mô hình / the tokenizer has {n} tokens > vocab_size {vocab_size}")
         vocab["tokenizer.ggml.tokens"] += [f"[PAD{i}]" for i in range(n, vocab_size)]  # as llama.cpp pads
         vocab["tokenizer.ggml.token_type"] += [5] * (vocab_size - n)  # UNUSED
+    special = {k: v for k, v in (special_ids or {}).items() if v is not None}
+    for key, tid in special.items():
+        if key not in SPECIAL_KEYS.values() or isinstance(tid, bool) or not isinstance(tid, int) \
+                or not 0 <= tid < vocab_size:
+            raise CheckpointError(f"special_ids[{key!r}]={tid!r} không hợp lệ / is invalid: expected one of "
+                                  f"{sorted(SPECIAL_KEYS.values())} with an id in [0, {vocab_size})")
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise CheckpointError(f"Đường dẫn là thư mục / path is a directory, expected a .gguf file path: {path}")
@@ -435,22 +448,17 @@ def write_gguf(path, *, model_type: str, config: dict, tensors: dict, tokenizer_
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=parent)
     os.close(fd)
+    if vocab is not None:
+        kvs += [(key, value, "list" if isinstance(value, list) else "str") for key, value in vocab.items()]
+        kvs += [(f"tokenizer.ggml.{k}_token_id", special[key], "u32") for k, key in SPECIAL_KEYS.items() if key in special]
+        if add_bos_token is not None:
+            kvs.append(("tokenizer.ggml.add_bos_token", bool(add_bos_token), "bool"))
+    if chat_template:
+        kvs.append(("tokenizer.chat_template", chat_template, "str"))
     try:
         w = gguf.GGUFWriter(tmp, arch)
         for key, value, kind in kvs:
             _write_kv(w, key, value, kind)
-        if vocab is not None:
-            w.add_tokenizer_model(vocab["tokenizer.ggml.model"])
-            w.add_tokenizer_pre(vocab["tokenizer.ggml.pre"])
-            w.add_token_list(vocab["tokenizer.ggml.tokens"])
-            w.add_token_types(vocab["tokenizer.ggml.token_type"])
-            w.add_token_merges(vocab["tokenizer.ggml.merges"])
-            for k, key in SPECIAL_KEYS.items():
-                if (special_ids or {}).get(key) is not None:
-                    w.add_uint32(f"tokenizer.ggml.{k}_token_id", int(special_ids[key]))
-            w.add_add_bos_token(False)  # our trainers add bos themselves (HFTokenizer never adds it)
-        if chat_template:
-            w.add_chat_template(chat_template)
         for gname, arr in gt.items():
             data, raw = _encode(arr, dtype, gguf)
             w.add_tensor(gname, data, raw_dtype=raw)
@@ -547,5 +555,7 @@ def save_gguf(model, path, dtype: str = "F32") -> None:
                "pad_token_id": getattr(tok, "pad_token_id", None)}
     if isinstance(tok, HFTokenizer) and "unk_token" in tok.special_tokens:
         special["unk_token_id"] = tok.token_to_id(tok.special_tokens["unk_token"])
+    add_bos = getattr(tok, "_extra", {}).get("add_bos_token") if isinstance(tok, HFTokenizer) else None
     write_gguf(path, model_type=config["model_type"], config=config, tensors=tensors, tokenizer_json=tok_json,
-               chat_template=getattr(tok, "chat_template", None), special_ids=special, dtype=dtype)
+               chat_template=getattr(tok, "chat_template", None), special_ids=special, dtype=dtype,
+               add_bos_token=add_bos)

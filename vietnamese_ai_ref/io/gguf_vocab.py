@@ -137,8 +137,8 @@ def gguf_vocab_from_tokenizer_json(tokenizer_json: str) -> dict:
         raise GGUFVocabError(f"Chỉ hỗ trợ BPE / only a BPE tokenizer.json can be written to GGUF, got model type "
                              f"{model.get('type')!r}")
     if model.get("byte_fallback"):
-        raise GGUFVocabError("BPE với byte_fallback (kiểu SentencePiece) không được hỗ trợ / BPE with byte_fallback "
-                             "(SentencePiece style) is not supported: only byte-level BPE ('gpt2')")
+        raise GGUFVocabError("BPE với byte_fallback không được hỗ trợ / BPE with byte_fallback (SentencePiece "
+                             "style) is not supported: only byte-level BPE ('gpt2')")
     by_id = {int(i): t for t, i in model["vocab"].items()}
     kinds = {}
     for a in doc.get("added_tokens") or []:
