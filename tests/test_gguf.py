@@ -26,11 +26,13 @@ gguf = pytest.importorskip("gguf")
 pytest.importorskip("gguf.quants")
 
 from vietnamese_ai_ref.backends import use_backend  # noqa: E402
-from vietnamese_ai_ref.hf import from_pretrained  # noqa: E402
+from vietnamese_ai_ref.io.hf import from_pretrained  # noqa: E402
 from vietnamese_ai_ref.io.gguf import (gguf_to_folder, model_from_gguf, read_gguf, save_gguf,  # noqa: E402
                                        write_gguf)
 from vietnamese_ai_ref.io.gguf_vocab import gguf_vocab_from_tokenizer_json  # noqa: E402
-from vietnamese_ai_ref.model import CheckpointError, write_checkpoint_dir  # noqa: E402
+from vietnamese_ai_ref.core.errors import CheckpointError  # noqa: E402
+from vietnamese_ai_ref.io.folders import write_model_folder  # noqa: E402
+from vietnamese_ai_ref.io.safetensors import write_safetensors  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"]
@@ -218,13 +220,16 @@ def write_test_gguf(path, arch, cfg, tensors, type_name, rng, tok):
 def reference_folder(path, cfg, refs, tok):
     """A transformers folder of the float64 reference arrays (what `from_pretrained` reads)."""
 
-    class Files:
-        def save(self, directory):
-            tok.save(os.path.join(directory, "tokenizer.json"))
-            with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-                json.dump({"eos_token": "<|im_end|>", "bos_token": "<|im_start|>", "pad_token": "<|endoftext|>"}, f)
+    def write(directory):
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(dict(cfg), f)
+        write_safetensors(os.path.join(directory, "model.safetensors"),
+                          {k: np.ascontiguousarray(v) for k, v in refs.items()})
+        tok.save(os.path.join(directory, "tokenizer.json"))
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump({"eos_token": "<|im_end|>", "bos_token": "<|im_start|>", "pad_token": "<|endoftext|>"}, f)
 
-    write_checkpoint_dir(path, dict(cfg), {k: np.ascontiguousarray(v) for k, v in refs.items()}, Files())
+    write_model_folder(path, write)
     return path
 
 
@@ -379,6 +384,24 @@ def test_save_gguf_of_a_loaded_model_round_trips(tmp_path):
         assert b.tokenizer.encode(SENTENCE) == a.tokenizer.encode(SENTENCE)
 
 
+def test_the_seed_api_reads_and_writes_gguf(tmp_path):
+    """tai_mo_hinh("x.gguf") and luu_mo_hinh(model, "x.gguf") (and the model's own save/load) go through
+    GGUF; a folder path still means a Hugging Face folder."""
+    from vietnamese_ai_ref import LlamaLM, luu_mo_hinh, tai_mo_hinh
+
+    rng = np.random.default_rng(12)
+    tok = train_tokenizer()
+    cfg, hf = llama_hf(rng, tied=True)
+    write_test_gguf(tmp_path / "a.gguf", "llama", cfg, hf, "Q8_0", rng, tok)
+    with use_backend("numpy", dtype="float32"):
+        a = tai_mo_hinh(tmp_path / "a.gguf")
+        assert isinstance(a, LlamaLM)
+        luu_mo_hinh(a, tmp_path / "b.gguf", dtype="F32")
+        np.testing.assert_array_equal(logits(a), logits(LlamaLM.from_pretrained(tmp_path / "b.gguf")))
+        a.save_pretrained(tmp_path / "folder")
+        np.testing.assert_array_equal(logits(a), logits(tai_mo_hinh(tmp_path / "folder")))
+
+
 def test_write_is_atomic_and_bad_input_is_refused(tmp_path):
     rng = np.random.default_rng(5)
     cfg, hf = llama_hf(rng)
@@ -475,6 +498,7 @@ def test_pre_tokenizer_names_round_trip(pre, digits):
 def test_transformers_gguf_loader_agrees(tmp_path, family, type_name):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
     rng = np.random.default_rng(13)
     tok = train_tokenizer()
     # transformers reads gpt2.context_length as n_ctx and keeps GPT2Config's n_positions=1024: use 1024

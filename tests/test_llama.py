@@ -16,7 +16,8 @@ from vietnamese_ai_ref.core import autograd as ag
 from vietnamese_ai_ref.core.autograd import Parameter, Tensor
 from vietnamese_ai_ref.backends import use_backend
 from vietnamese_ai_ref.core.gradcheck import gradcheck
-from vietnamese_ai_ref.io.hf import CheckpointError, from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh
+from vietnamese_ai_ref import luu_mo_hinh, tai_mo_hinh
+from vietnamese_ai_ref.io.hf import CheckpointError, from_pretrained, save_pretrained
 from vietnamese_ai_ref.io.safetensors import read_safetensors
 from vietnamese_ai_ref.core.fused import apply_rotary, linear, rms_norm, silu
 from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaLM, rope_cos_sin

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from vietnamese_ai_ref.backends import use_backend
-from vietnamese_ai_ref.io.hf import save_pretrained, tai_mo_hinh
+from vietnamese_ai_ref import tai_mo_hinh
+from vietnamese_ai_ref.io.hf import save_pretrained
 from vietnamese_ai_ref.models.llama import LlamaConfig, normalize_rope_scaling, rope_cos_sin
 from vietnamese_ai_ref.models.rope import rope_inv_freq
 

@@ -12,7 +12,8 @@ from .core.autograd import Tensor, no_grad, tensor
 from .backends import get_backend, set_backend, use_backend
 from .trainers.dpo import DPOTrainer
 from .core.gradcheck import GradcheckError, gradcheck
-from .io.hf import from_pretrained, luu_mo_hinh, save_pretrained, tai_mo_hinh
+from .io.api import luu_mo_hinh, tai_mo_hinh
+from .io.hf import from_pretrained, save_pretrained
 from .models.llama import LlamaConfig, LlamaLM
 from .core.errors import CheckpointError
 from .models.gpt2 import GPTConfig, TransformerLM

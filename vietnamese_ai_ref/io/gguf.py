@@ -24,15 +24,21 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from ..backends import get_backend
-from ..autograd import Parameter
-from ..hf import _llama_named, assign_arrays, llama_config_from_hf, llama_config_to_hf
-from ..hf_tokenizer import HFTokenizer, _import_tokenizers
-from ..llama import LlamaLM, param_specs
-from ..model import (CheckpointError, GPTConfig, TransformerLM, _assign, _from_file_keys, _fsync_dir, _fsync_file,
-                     _to_file_key, write_checkpoint_dir)
+from ..backends import host_np as np  # host arrays: GGUF tensors live in host memory
+from ..core.autograd import Parameter
+from ..core.errors import CheckpointError
+from ..models.base import assign_arrays
+from ..models.gpt2 import GPTConfig, TransformerLM
+from ..models.llama import LlamaConfig, LlamaLM
+from ..text.hf_tokenizer import HFTokenizer, _import_tokenizers
+from .folders import fsync_dir as _fsync_dir
+from .folders import fsync_file as _fsync_file
+from .folders import write_model_folder
+from .hf import _gpt2_named, _llama_named, _to_file_key, _write_json, gpt2_config_to_hf, llama_config_to_hf
+from .hf_config import interpret_gpt2_config, interpret_llama_config
+from .safetensors import write_safetensors
 from .gguf_vocab import SPECIAL_KEYS, GGUFVocabError, gguf_vocab_from_tokenizer_json, tokenizer_json_from_gguf
 
 __all__ = ["GGUFModel", "read_gguf", "write_gguf", "gguf_to_folder", "model_from_gguf", "save_gguf",
@@ -341,7 +347,7 @@ def _arch_metadata(model_type: str, config: dict) -> tuple:
     if model_type not in _ARCH_OF:
         raise CheckpointError(f"model_type {model_type!r} không ghi được ra GGUF / cannot be written as GGUF "
                               f"(supported: {', '.join(sorted(_ARCH_OF))})")
-    cfg, _ = llama_config_from_hf({**config, "model_type": model_type})
+    cfg = LlamaConfig(**interpret_llama_config({**config, "model_type": model_type}, "GGUF"))
     arch = _ARCH_OF[model_type]
     if "sliding_attention" in (cfg.layer_types or []):
         raise CheckpointError("Không hỗ trợ / sliding-window attention cannot be written as GGUF here")
@@ -497,7 +503,13 @@ def gguf_to_folder(gguf_path, out_dir, dtype="float32") -> GGUFModel:
     gm = read_gguf(gguf_path, dtype=dtype)
     config = dict(gm.config, torch_dtype=str(np.dtype(dtype)))
     tensors = {k: np.ascontiguousarray(v) for k, v in gm.tensors.items()}
-    write_checkpoint_dir(out_dir, config, tensors, _TokenizerFiles(gm))
+
+    def write(tmp):
+        _write_json(os.path.join(tmp, "config.json"), config)
+        write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
+        _TokenizerFiles(gm).save(tmp)
+
+    write_model_folder(out_dir, write)
     return gm
 
 
@@ -515,24 +527,19 @@ def model_from_gguf(source, tokenizer=None):
     tok = tokenizer if tokenizer is not None else gm.hf_tokenizer()
     try:
         if gm.model_type == "gpt2":
-            c = gm.config
-            if c["n_inner"] is not None or not c["tie_word_embeddings"]:
-                raise CheckpointError(f"Không hỗ trợ / unsupported GPT-2 in {where}: n_inner={c['n_inner']} "
-                                      f"(only 4*n_embd), tie_word_embeddings={c['tie_word_embeddings']} (only tied)")
-            cfg = GPTConfig(vocab_size=c["vocab_size"], n_positions=c["n_positions"], n_embd=c["n_embd"],
-                            n_layer=c["n_layer"], n_head=c["n_head"], layer_norm_epsilon=c["layer_norm_epsilon"])
+            cfg = GPTConfig(**interpret_gpt2_config(gm.config, where))
             model = TransformerLM._blank(cfg, tok)
-            arrays = _assign(model._expected_shapes(False), _from_file_keys(gm.tensors))
+            arrays = assign_arrays(model._expected_shapes(False), _gpt2_named(gm.tensors), _to_file_key)
         else:
-            cfg, _ = llama_config_from_hf(gm.config, where)
+            cfg = LlamaConfig(**interpret_llama_config(gm.config, where))
             model = LlamaLM._blank(cfg, tok)
-            expected = {name: shape for name, shape, _ in param_specs(cfg, False)}
-            arrays = assign_arrays(expected, _llama_named(gm.tensors, cfg))
+            arrays = assign_arrays(model._expected_shapes(False), _llama_named(gm.tensors, cfg))
     except ValueError as e:
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{where}: {e}") from e
     model._params = {n: Parameter(a, name=n) for n, a in arrays.items()}
+    model.generation_config = {"eos_token_id": [gm.special_ids["eos_token_id"]]} if gm.special_ids.get("eos_token_id") is not None else None
     return model.eval()
 
 
@@ -542,7 +549,7 @@ def save_gguf(model, path, dtype: str = "F32") -> None:
     be = get_backend()
     host = {n: be.to_numpy(p.data) for n, p in model.named_parameters().items()}
     if isinstance(model, TransformerLM):
-        config, tensors = model._config_json("float32"), {_to_file_key(n): a for n, a in host.items()}
+        config, tensors = gpt2_config_to_hf(model, "float32"), {_to_file_key(n): a for n, a in host.items()}
     elif isinstance(model, LlamaLM):
         config = llama_config_to_hf(model.config, dtype="float32", score_head=False, tokenizer=model.tokenizer)
         tensors = host

@@ -7,7 +7,7 @@ transformers' tensor names for GPT-2 (`transformer.h.0...`) and the Llama family
 the tokenizer (tokenizer.json via `HFTokenizer`, our tokenizer_config.json, or none: then ids in,
 logits out), and generation_config.json (its end-of-turn ids stop generation). The writer produces
 folders transformers loads back, atomically, replacing only the files it owns (folders.py).
-Seed-style aliases: `tai_mo_hinh` (load) and `luu_mo_hinh` (save).
+The seed-style `tai_mo_hinh` / `luu_mo_hinh` (api.py) call these for folders.
 
 What it is not: a downloader (paths are local folders; nothing is fetched at run time), a converter
 for pickled `pytorch_model.bin` files, or a quantisation loader.
@@ -23,7 +23,7 @@ from .._version import __version__
 from ..backends import get_backend, host_np
 from ..core.autograd import Parameter
 from ..core.errors import CheckpointError, TokenizerError
-from ..models.base import assign_arrays, register_folder_io
+from ..models.base import assign_arrays
 from ..models.gpt2 import GPTConfig, TransformerLM
 from ..models.llama import MODEL_TYPES, LlamaConfig, LlamaLM
 from ..text.hf_tokenizer import HFTokenizer
@@ -35,7 +35,7 @@ from .hf_config import (GENERATION_CONFIG_NAME, generation_config_dict, interpre
                         interpret_llama_config, read_generation_config, score_head_flag)
 from .safetensors import INDEX_NAME, WEIGHTS_NAME, read_weights, write_safetensors
 
-__all__ = ["from_pretrained", "save_pretrained", "tai_mo_hinh", "luu_mo_hinh", "read_weights",
+__all__ = ["from_pretrained", "save_pretrained", "read_weights",
            "gpt2_config_to_hf", "llama_config_to_hf", "CheckpointError", "INDEX_NAME", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.json"
@@ -301,7 +301,3 @@ def _write_json(path: str, obj: dict) -> None:
         f.write("\n")
 
 
-tai_mo_hinh = from_pretrained  # tải mô hình: load a model
-luu_mo_hinh = save_pretrained  # lưu mô hình: save a model
-
-register_folder_io(save=save_pretrained, load=from_pretrained)

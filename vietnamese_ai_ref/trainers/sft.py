@@ -98,21 +98,19 @@ class SFTTrainer(TrainerBase):
             logits = model(ids, attention_mask=mask)  # (B, T, V)
             return losses.sft_loss(logits, labels, num_items_in_batch=denominator), {}
 
-        evaluate = None
-        if val is not None:
-            def evaluate():
-                total = sum(n_targets(e) for e in val)
-                acc = 0.0
-                with no_grad():
-                    for i in range(0, len(val), self.kich_thuoc_batch):
-                        ids, mask, labels = lm_batch(val[i:i + self.kich_thuoc_batch], pad)
-                        acc += losses.sft_loss(model(ids, attention_mask=mask), labels,
-                                               num_items_in_batch=total).item()
-                return {"eval_loss": acc}
+        def evaluate():
+            total = sum(n_targets(e) for e in val)
+            acc = 0.0
+            with no_grad():
+                for i in range(0, len(val), self.kich_thuoc_batch):
+                    ids, mask, labels = lm_batch(val[i:i + self.kich_thuoc_batch], pad)
+                    acc += losses.sft_loss(model(ids, attention_mask=mask), labels,
+                                           num_items_in_batch=total).item()
+            return {"eval_loss": acc}
 
         run = run_loop(model=model, examples=train, settings=self._settings(), micro_step=micro_step,
-                       weight_of=n_targets, callback=callback, evaluate=evaluate, checkpoint=ck,
-                       skip_nonfinite=skip)
+                       weight_of=n_targets, callback=callback, evaluate=evaluate if val is not None else None,
+                       checkpoint=ck, skip_nonfinite=skip)
         h = run["history"]
         return self._finish(run, ("train_loss", "eval_loss", "learning_rate", "grad_norm"),
                             eval_loss_min=min_or_none(h["eval_loss"]) if val is not None else None)
