@@ -540,7 +540,9 @@ def build(seed: int = SEED) -> dict:
             "grad_checks": sum(1 for c in cases if "grad" in c),
             "error_checks": sum(1 for c in cases if "expect_error" in c),
         })
-    import make_rl_vectors  # the spec 1.1 RL files (same folder; imports this module)
+    if str(Path(__file__).resolve().parent) not in sys.path:  # the spec 1.1 RL files: same folder
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import make_rl_vectors  # noqa: E402 (it imports this module's helpers)
 
     rl_files = make_rl_vectors.build()
     out.update(rl_files)

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..backends import get_backend
 from ..core.errors import NonFiniteError
 from ..core.optim import AdamW, clip_coefficient, linear_schedule
 from ..io.checkpoints import INTERRUPT_DIR, dropout_rng_state, run_identity, write_checkpoint
@@ -228,18 +229,22 @@ class _Run:
     def step(self, window, epoch: int, w_index: int, n_windows: int) -> None:
         """One optimiser step over `window`; `st` changes only at the commit at its end."""
         st, opt = self.st, self.opt
+        xp = get_backend().xp
         denominator = sum(self.weight_of(e) for mb in window for e in mb)
         opt.zero_grad()
-        step_loss = 0.0
+        # the step's loss is summed on the device in float64 (what adding loss.item() floats would give,
+        # addition for addition) and read once per step: no device sync per micro-batch
+        loss_sum = xp.zeros((), dtype=xp.float64)
         step_stats = {k: [0.0, 0] for k in self.stat_keys}
         for batch in window:
             loss, stats = self.micro_step(batch, denominator)
             loss.backward()
-            step_loss += loss.item()
+            loss_sum += loss.data.astype(xp.float64)
             for k in self.stat_keys:
                 step_stats[k][0] += stats[k][0]
                 step_stats[k][1] += stats[k][1]
             self.defer.check()  # Ctrl-C: abandon this window; the state is that of the last step
+        step_loss = float(loss_sum)
         opt.gather_grads()
         norm = opt.grad_norm()
         if self.on_step is not None:
