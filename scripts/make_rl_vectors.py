@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np  # scripts/ is outside the package: the host-NumPy rule applies to vietnamese_ai_ref/ only
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_vectors import SEED, _case, _err_case, _u, diff, dumps  # noqa: E402
+from make_vectors import SEED, _case, _err_case, _u, diff, dumps  # noqa: E402,F401 (diff, dumps: used by tests/test_rl_vectors.py)
 
 from vietnamese_ai_ref.losses import rl as RL  # noqa: E402
 from vietnamese_ai_ref.conformance import FORMAT, reference_adapter  # noqa: E402
@@ -324,35 +324,18 @@ def manifest_entries(files: dict) -> list:
 
 
 def main(argv=None) -> int:
+    """--print-manifest prints the five files' manifest entries; anything else is scripts/make_vectors.py's
+    job (it writes and checks every vector file, these five included, and the manifest)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(OUT_DIR), help="output directory (default: spec/vectors)")
     p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
     p.add_argument("--print-manifest", action="store_true", help="print the manifest entries and exit")
-    ns = p.parse_args(argv)
-    out = Path(ns.out)
-    files = build(ns.seed)
+    ns, rest = p.parse_known_args(argv)
     if ns.print_manifest:
-        print(json.dumps(manifest_entries(files), indent=1))
+        print(json.dumps(manifest_entries(build(ns.seed)), indent=1))
         return 0
-    if ns.check:
-        problems = []
-        for name, obj in files.items():
-            path = out / name
-            if not path.is_file():
-                problems.append(f"{name}: missing")
-                continue
-            with open(path, encoding="utf-8") as f:
-                problems += [f"{name}: {d}" for d in diff(json.load(f), json.loads(dumps(obj)))]
-        for line in problems:
-            print(line)
-        print("RL vectors agree with the code" if not problems else f"{len(problems)} difference(s)")
-        return 1 if problems else 0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, obj in files.items():
-        (out / name).write_text(dumps(obj), encoding="utf-8")
-    print(f"wrote {len(files)} files to {out}")
-    return 0
+    import make_vectors
+
+    return make_vectors.main(rest)
 
 
 if __name__ == "__main__":

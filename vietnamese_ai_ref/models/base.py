@@ -36,7 +36,7 @@ from ..core.errors import CheckpointError
 from ..core.fused import linear
 from ..text.tokenizer import ByteTokenizer
 
-__all__ = ["CausalLM", "assign_arrays", "register_folder_io"]
+__all__ = ["CausalLM", "ConfigDict", "assign_arrays", "register_folder_io"]
 
 #: io/ registers {"save": f(model, path), "load": f(path, tokenizer) -> model} here on import.
 _FOLDER_IO: dict = {}
@@ -314,6 +314,17 @@ class CausalLM:
     tai = from_pretrained  # tải: load
 
 
-def config_to_dict(config) -> dict:
-    """A config dataclass as a plain dict (what to_dict of every family returns)."""
-    return dataclasses.asdict(config)
+class ConfigDict:
+    """`to_dict` / `from_dict`, shared by the config dataclass of every family."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a dict of field values; an unknown key raises ValueError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for k in d:
+            if k not in names:
+                raise ValueError(f"Khoá cấu hình không xác định / unknown config key: {k!r}")
+        return cls(**d)

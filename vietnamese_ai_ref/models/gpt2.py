@@ -11,7 +11,6 @@ attention; its init RNG stream is a convenience, not part of the spec. Folder I/
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
 from ..core.fused import causal_attention, linear_in_out
-from .base import CausalLM
+from .base import CausalLM, ConfigDict
 from .kv_cache import KVCache, blocked_keys
 
 __all__ = ["GPTConfig", "TransformerLM", "param_specs"]
@@ -28,7 +27,7 @@ __all__ = ["GPTConfig", "TransformerLM", "param_specs"]
 # ============================ config ===========================================================
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     """Hyper-parameters, with Hugging Face GPT2Config field names (config.json is transformers-compatible)."""
 
     vocab_size: int = 259  # number of token ids; ByteTokenizer: 256 bytes + <pad> <bos> <eos>
@@ -65,18 +64,6 @@ class GPTConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        """Build from a dict of field values; an unknown key raises ValueError naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ValueError(f"Khoá cấu hình không xác định / unknown config key: {k!r}")
-        return cls(**d)
 
 
 # ============================ parameters and init ==============================================

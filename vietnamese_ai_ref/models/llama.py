@@ -14,7 +14,6 @@ convenience (real use loads weights with `tai_mo_hinh`). Folder I/O is io/hf.py'
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
 from ..core.fused import apply_rotary, linear, rms_norm, silu
-from .base import CausalLM
+from .base import CausalLM, ConfigDict
 from .kv_cache import KVCache, blocked_keys
 from .rope import rope_inv_freq
 
@@ -40,7 +39,7 @@ def _invalid(msg: str) -> ValueError:
 # ============================ config ===========================================================
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ConfigDict):
     """Hyper-parameters with transformers' LlamaConfig / Qwen2Config / MistralConfig field names."""
 
     vocab_size: int = 259  # number of token ids (rows of embed_tokens); ByteTokenizer needs 259
@@ -143,18 +142,6 @@ class LlamaConfig:
     @property
     def n_kv_head(self) -> int:
         return self.num_key_value_heads
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LlamaConfig":
-        """Build from a dict of field values; an unknown key raises ValueError naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ValueError(f"Khoá cấu hình không xác định / unknown config key: {k!r}")
-        return cls(**d)
 
 
 def normalize_rope_scaling(rs):
