@@ -16,8 +16,9 @@ operations whatever the split, so results do not depend on the thread count. On 
 is one block (one launch per pass). Nothing is ever computed in a wider float type than the input's:
 scalars are Python floats, which NumPy's promotion rules (NEP 50) keep at the array's precision.
 
-Accelerated kernels: `VIETNAMESE_AI_KERNELS=fast` (NumPy backend only) replaces the kernels that
-`backends/fast_kernels.py` provides with numba-compiled ones (the `fast` extra); the names replaced
+Accelerated kernels: `VIETNAMESE_AI_KERNELS=fast` replaces the kernels that `backends/fast_kernels.py`
+provides with numba-compiled ones on the NumPy backend (the `fast` extra), and those that
+`backends/cuda_kernels.py` provides with CUDA kernels on the CuPy backend; the names replaced
 are recorded in `KernelNamespace.accelerated` (kernel name -> provider). `fast` without numba warns
 once and keeps the reference kernels; `auto` takes numba when it imports and says nothing otherwise.
 The default (`reference`, or the variable unset) is the reference kernels below: results never depend
@@ -73,6 +74,8 @@ class KernelNamespace:
             raise ValueError(f"{KERNELS_ENV} must be 'reference', 'fast' or 'auto', got {mode!r}")
         if mode != "reference" and backend.name == "numpy":
             self._install_fast(warn=mode == "fast")
+        elif mode != "reference" and backend.name == "cupy":
+            self._install_cuda(warn=mode == "fast")
 
     def _install_fast(self, warn: bool):
         """Replace the kernels fast_kernels provides (numba), recording each in `accelerated`."""
@@ -85,6 +88,18 @@ class KernelNamespace:
         for name, fn in fast_kernels.kernels_for(self).items():
             setattr(self, name, fn)
             self.accelerated[name] = fast_kernels.PROVIDER
+
+    def _install_cuda(self, warn: bool):
+        """Replace the kernels cuda_kernels provides (CuPy on a GPU), recording each in `accelerated`."""
+        try:
+            from . import cuda_kernels
+        except Exception as e:  # noqa: BLE001 — CuPy missing, or no CUDA compiler/driver for RawModule
+            if warn:
+                _warn_once(f"{KERNELS_ENV}=fast: the CUDA kernels are not available ({e}); using the reference kernels")
+            return
+        for name, fn in cuda_kernels.kernels_for(self).items():
+            setattr(self, name, fn)
+            self.accelerated[name] = cuda_kernels.PROVIDER
 
     # ---- LayerNorm over the last axis ------------------------------------------------------
     def layernorm_forward(self, x, w, b, eps):
