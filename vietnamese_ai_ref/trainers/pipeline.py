@@ -22,7 +22,7 @@ from ..models.generation import generate
 from ..text.records import DataError, generation_prompt_ids, prepare_pairs, prepare_sft
 from .dpo import DPOTrainer
 from .reward import RewardModel
-from .settings import check_int, check_model, check_path
+from .settings import check_bool, check_int, check_model, check_path
 from .sft import SFTTrainer, effective_max_len
 
 
@@ -52,7 +52,7 @@ class RLHFPipeline:
     thu_muc_giai_doan = {"sft": "sft", "reward": "reward", "rlhf": "dpo"}
 
     def __init__(self, sft_config=None, dpo_config=None, reward_config=None, *, thu_muc_checkpoint=None,
-                 luu_moi=None, giu_lai=2):
+                 luu_moi=None, giu_lai=2, bo_qua_batch_loi=False):
         check_path("thu_muc_checkpoint", thu_muc_checkpoint)
         if luu_moi is not None:
             check_int("luu_moi", luu_moi)
@@ -60,7 +60,8 @@ class RLHFPipeline:
                 raise SettingError("'luu_moi' cần 'thu_muc_checkpoint' / 'luu_moi' needs 'thu_muc_checkpoint'")
         check_int("giu_lai", giu_lai)
         self.thu_muc_checkpoint = thu_muc_checkpoint
-        self._ck = {"luu_moi": luu_moi, "giu_lai": giu_lai}
+        self._ck = {"luu_moi": luu_moi, "giu_lai": giu_lai, "bo_qua_batch_loi": check_bool("bo_qua_batch_loi",
+                                                                                            bo_qua_batch_loi)}
         self.sft_config = _check_config("sft_config", sft_config, SFTTrainer)
         self.dpo_config = _check_config("dpo_config", dpo_config, DPOTrainer)
         self.reward_config = _check_config("reward_config", reward_config, RewardModel, extra=("so_vong",))
