@@ -156,6 +156,11 @@ def summary_of(result: dict) -> dict:
             for k, v in result.items() if k != "history"}
 
 
+def with_skipped(result, trainer) -> dict:
+    """The trainer's result plus the count of non-finite steps skipped (--skip-nonfinite)."""
+    return dict(result, so_buoc_bo_qua=trainer.thong_ke()["so_buoc_bo_qua"])
+
+
 def with_bar(total, desc, quiet, stage, fn):
     bar = Progress(total, desc, quiet, stage)
     try:
@@ -195,7 +200,7 @@ def cmd_sft(a):
     def train():
         r = with_bar(total, "SFT", a.quiet, "sft",
                      lambda bar: trainer.huan_luyen(model, data, du_lieu_val=val, callback=bar, **ck))
-        return r, history_entries(trainer.lay_lich_su(), "sft")
+        return with_skipped(r, trainer), history_entries(trainer.lay_lich_su(), "sft")
 
     run_training(a, rd, {"command": "sft", "data": a.data, "val": a.val, "sft": cfg}, train, {"model": model},
                  a.quiet)
@@ -221,7 +226,7 @@ def cmd_reward(a):
     def train():
         r = with_bar(total, "Reward", a.quiet, "reward",
                      lambda bar: rm.huan_luyen(model, data, so_vong=a.so_vong, callback=bar, **ck))
-        return r, history_entries(rm.lay_lich_su(), "reward")
+        return with_skipped(r, rm), history_entries(rm.lay_lich_su(), "reward")
 
     run_training(a, rd, {"command": "reward", "data": a.data, "reward": dict(cfg, so_vong=a.so_vong)}, train,
                  {"model": model}, a.quiet)
@@ -253,7 +258,7 @@ def cmd_dpo(a):
     def train():
         r = with_bar(total, "DPO", a.quiet, "dpo",
                      lambda bar: trainer.huan_luyen(model, ref, data, callback=bar, **ck))
-        return r, history_entries(trainer.lay_lich_su(), "dpo")
+        return with_skipped(r, trainer), history_entries(trainer.lay_lich_su(), "dpo")
 
     run_training(a, rd, {"command": "dpo", "data": a.data, "ref": a.ref, "dpo": cfg}, train, {"model": model},
                  a.quiet)
