@@ -175,3 +175,23 @@ def test_pipeline_checks_the_other_models_before_sft(which):
     with pytest.raises(SettingError, match=f"'{which}' must be a TransformerLM"):
         RLHFPipeline(sft_config={"so_vong": 1}).chay_day_du(m, models["ref_model"], models["reward_model"], SFT, PREF)
     assert all(np.array_equal(before[k], v) for k, v in weights(m).items())
+
+
+def test_every_test_the_catalogue_names_exists():
+    """spec/errors.md names a test per row (E::, V::, S::, CE::, CR::, file.py::name): each one exists."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = {"E": "test_errors.py", "V": "test_validation.py", "S": "test_errors_settings.py",
+             "CE": "test_cli_errors.py", "CR": "test_cli_runs.py"}
+    text = (root / "spec" / "errors.md").read_text(encoding="utf-8")
+    named = re.findall(r"\b(E|V|S|CE|CR)::(\w+)", text)
+    named += [(f, n) for f, n in re.findall(r"\b(test_\w+\.py)::(\w+)", text)]
+    assert len(named) > 60
+    missing = []
+    for prefix, name in [(p, n) for p, n in named if n != "name"]:  # "E::name" in the header: the pattern
+        src = (root / "tests" / files.get(prefix, prefix)).read_text(encoding="utf-8")
+        if not re.search(rf"^def {name}\(", src, re.M):
+            missing.append(f"{prefix}::{name}")
+    assert not missing, missing
