@@ -251,3 +251,27 @@ def test_read_only_output_folder_exit_3_before_any_compute(open_tmp):
     p = cli("sft", "--data", f, "--quiet", "--out", os.path.join(rw, "run"), *TINY, preexec_fn=pre)
     line = one_error_line(p, 2)
     assert "--data" in line and "cannot read the file" in line and "Permission denied" in line
+
+
+def test_pipeline_killed_then_resumed_is_byte_identical(tmp_path):
+    """pipeline: the stages checkpoint into <out>.partial/checkpoints/{sft,reward,dpo}; a SIGKILL during
+    SFT and `--resume` give the same policy, reward model and metrics as an uninterrupted pipeline."""
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in SFT), "utf-8")
+    pref = [{"prompt": f"Tính {a} + 1", "chosen": f"Dạ, {a + 1} ạ.", "rejected": "Không biết."} for a in range(6)]
+    (tmp_path / "pref.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pref), "utf-8")
+    (tmp_path / "p.toml").write_text(
+        '[model]\nn_layer = 1\nn_embd = 16\nn_head = 2\nn_positions = 64\nembd_pdrop = 0.1\n'
+        '[data]\nsft = "sft.jsonl"\npreference = "pref.jsonl"\n'
+        '[sft]\nso_vong = 2\nkich_thuoc_batch = 4\ngradient_accumulation = 1\nlogging_steps = 1\n'
+        '[reward]\nso_vong = 1\nkich_thuoc_batch = 2\nlogging_steps = 1\n'
+        '[dpo]\nkich_thuoc_batch = 2\ngradient_accumulation = 1\nlogging_steps = 1\ntoc_do_hoc = 1e-3\n', "utf-8")
+    cfg = tmp_path / "p.toml"
+    assert cli("pipeline", "--config", cfg, "--quiet", "--out", tmp_path / "ref").returncode == 0
+    p = worker("--kill-after-step", "3",
+               cli_args=["pipeline", "--config", cfg, "--quiet", "--out", tmp_path / "run", "--checkpoint-every", "2"])
+    assert p.returncode == KILLED, p.stderr
+    assert os.listdir(tmp_path / "run.partial" / "checkpoints" / "sft") == ["checkpoint-00000002"]
+    p = cli("pipeline", "--resume", tmp_path / "run.partial", "--quiet")
+    assert p.returncode == 0, p.stderr
+    for name in ("policy/model.safetensors", "reward_model/model.safetensors", "metrics.jsonl"):
+        assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "run" / name).read_bytes(), name
