@@ -329,9 +329,11 @@ def test_cli_ctrl_c_prints_how_to_resume(tmp_path, monkeypatch, capsys):
                    "--n-embd", "16", "--n-head", "2", "--n-positions", "64", "--so-vong", "1"])
     err = capsys.readouterr().err
     assert rc == 130
-    path = str(tmp_path / INTERRUPT_DIR / "checkpoint-00000002")
-    assert path in err and f"tiep_tuc_tu={path!r}" in err
+    # the checkpoint goes inside the run's partial folder, never into the working directory
+    path = str(tmp_path / "run.partial" / "checkpoints" / "checkpoint-00000002")
+    assert path in err and f"--resume {tmp_path / 'run.partial'}" in err
     assert load_checkpoint(path).global_step == 2
+    assert not (tmp_path / INTERRUPT_DIR).exists() and not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------

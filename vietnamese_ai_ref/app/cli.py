@@ -1,243 +1,90 @@
-"""The command-line tool `vietnamese-ai-ref` (also `python -m vietnamese_ai_ref`).
+"""The command-line tool `vietnamese-ai-ref` (also `python -m vietnamese_ai_ref`): parser and exit codes.
 
 What it is for: `demo`, `sft`, `reward`, `dpo`, `pipeline --config FILE.toml`, `generate`, `score`,
-`conformance`. Data comes from JSONL files with the seeds' keys; each training run writes a run
-directory (the resolved config, `metrics.jsonl`, the checkpoint, `summary.json`). A bad argument or
-file gives a one-line error naming the problem and exit code 2, never a traceback.
+`conformance` (the commands themselves: commands.py). Exit codes mean something (spec/errors.md
+"Exit codes of the command line"): 0 done; 2 a user or data error (bad data, settings, files, a checkpoint
+that does not match), one bilingual line; 3 the environment (permission denied, disk full, read-only file
+system), one line; 130 Ctrl-C and 143 SIGTERM (the same path: the training loop checkpoints the last
+completed step into the run folder, then the process exits); 1 a library bug, with its traceback. Only
+the documented exception types are caught. A training run never overwrites an earlier one and can be
+resumed after any kill (`--resume`, rundir.py).
 What it is not: the library. Every command is a thin layer over the public classes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import signal
 import sys
+import threading
 
-from ..text.jsonl import JsonlError, read_jsonl, write_json, write_jsonl
-from .rundir import Progress, make_run_dir, total_steps
+from ..core.errors import CheckpointError, DataError, JsonlError, NonFiniteError, TokenizerError
+from .commands import (cmd_conformance, cmd_demo, cmd_dpo, cmd_generate, cmd_pipeline, cmd_reward, cmd_score,
+                       cmd_sft)
+from .rundir import (ENVIRONMENT_ERRNOS, EXIT_ENVIRONMENT, EXIT_USAGE, CliError, EnvironmentProblem, Progress,
+                     describe_os_error)
 
-EXIT_USAGE = 2
+__all__ = ["main", "build_parser", "CliError", "Progress", "EXIT_USAGE", "EXIT_ENVIRONMENT"]
 
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
-def _load_records(path, what):
-    try:
-        return read_jsonl(path)
-    except JsonlError as e:
-        raise CliError(f"{what}: {e}") from None
-
-
-def _load_model(path, *, new_ok=False, config_overrides=None):
-    from ..models.gpt2 import GPTConfig, TransformerLM
-
-    if path is None:
-        if not new_ok:
-            raise CliError("cần --model DIR / --model DIR is required")
-        return TransformerLM(GPTConfig(**(config_overrides or {})))
-    if not os.path.isdir(path):
-        raise CliError(f"--model: không tìm thấy thư mục / directory not found: {path}")
-    from ..io.hf import from_pretrained
-
-    return from_pretrained(path)  # GPT-2 or Llama-family folders, ours or transformers
-
-
-def _finish(run_dir, config, entries, result, model, quiet):
-    write_json(os.path.join(run_dir, "config.json"), config)
-    write_jsonl(os.path.join(run_dir, "metrics.jsonl"), entries)
-    summary = {k: v for k, v in result.items() if k != "history"}
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    if model is not None:
-        model.save(os.path.join(run_dir, "model"))
-    if not quiet:
-        for k, v in summary.items():
-            print(f"  {k}: {v}")
-        print(f"Đã lưu vào / saved to: {run_dir}")
+#: the documented user errors: one line, exit 2
+USER_ERRORS = (CliError, DataError, JsonlError, CheckpointError, TokenizerError)
 
 
 # ---------------------------------------------------------------------------------------------
-# subcommands
+# argument types
 # ---------------------------------------------------------------------------------------------
 
-def cmd_sft(a):
-    from ..trainers.sft import SFTTrainer
-
-    data = _load_records(a.data, "--data")
-    val = _load_records(a.val, "--val") if a.val else None
-    model = _load_model(a.model, new_ok=True, config_overrides=_model_overrides(a))
-    cfg = dict(so_vong=a.so_vong, kich_thuoc_batch=a.kich_thuoc_batch, toc_do_hoc=a.toc_do_hoc,
-               gradient_accumulation=a.gradient_accumulation, logging_steps=a.logging_steps, seed=a.seed,
-               warmup_ratio=a.warmup_ratio, max_seq_length=a.max_seq_length)
-    trainer = SFTTrainer(**cfg)
-    run_dir = make_run_dir(a.out, "sft")
-    bar = Progress(total_steps(len(data), a.kich_thuoc_batch, a.gradient_accumulation, a.so_vong), "SFT",
-                   a.quiet, "sft")
+def _positive_int(text):
     try:
-        result = trainer.huan_luyen(model, data, du_lieu_val=val, callback=bar)
-    finally:
-        bar.close()
-    _finish(run_dir, {"command": "sft", "data": a.data, "val": a.val, "sft": cfg}, bar.entries, result, model,
-            a.quiet)
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cần số nguyên ≥ 1 / expected an int ≥ 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"cần số nguyên ≥ 1 / expected an int ≥ 1, got {v}")
+    return v
 
 
-def cmd_reward(a):
-    from ..trainers.reward import RewardModel
-
-    data = _load_records(a.data, "--data")
-    model = _load_model(a.model)
-    cfg = dict(toc_do_hoc=a.toc_do_hoc, seed=a.seed, kich_thuoc_batch=a.kich_thuoc_batch,
-               logging_steps=a.logging_steps, max_seq_length=a.max_seq_length)
-    rm = RewardModel(**cfg)
-    run_dir = make_run_dir(a.out, "reward")
-    bar = Progress(total_steps(len(data), a.kich_thuoc_batch, 1, a.so_vong), "Reward", a.quiet, "reward")
+def _finite_float(text):
     try:
-        result = rm.huan_luyen(model, data, so_vong=a.so_vong, callback=bar)
-    finally:
-        bar.close()
-    _finish(run_dir, {"command": "reward", "data": a.data, "reward": dict(cfg, so_vong=a.so_vong)}, bar.entries,
-            result, model, a.quiet)
-
-
-def cmd_dpo(a):
-    from ..trainers.dpo import DPOTrainer
-
-    data = _load_records(a.data, "--data")
-    model = _load_model(a.model)
-    ref = _load_model(a.ref) if a.ref else None
-    cfg = dict(so_vong=a.so_vong, kich_thuoc_batch=a.kich_thuoc_batch, toc_do_hoc=a.toc_do_hoc, beta=a.beta,
-               label_smoothing=a.label_smoothing, gradient_accumulation=a.gradient_accumulation,
-               logging_steps=a.logging_steps, seed=a.seed, max_seq_length=a.max_seq_length)
-    trainer = DPOTrainer(**cfg)
-    run_dir = make_run_dir(a.out, "dpo")
-    bar = Progress(total_steps(len(data), a.kich_thuoc_batch, a.gradient_accumulation, a.so_vong), "DPO",
-                   a.quiet, "dpo")
-    try:
-        result = trainer.huan_luyen(model, ref, data, callback=bar)
-    finally:
-        bar.close()
-    _finish(run_dir, {"command": "dpo", "data": a.data, "ref": a.ref, "dpo": cfg}, bar.entries, result, model,
-            a.quiet)
-
-
-PIPELINE_KEYS = {"model", "data", "sft", "dpo", "reward", "out"}
-
-
-def cmd_pipeline(a):
-    """pipeline --config FILE.toml: [model] (GPTConfig fields or path), [data] (sft, sft_val, preference),
-    [sft], [reward], [dpo] (the trainers' parameters), out."""
-    from ..models.gpt2 import GPTConfig, TransformerLM
-    from ..trainers.pipeline import RLHFPipeline
-
-    if not os.path.isfile(a.config):
-        raise CliError(f"--config: không tìm thấy tệp / file not found: {a.config}")
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        with open(a.config, "rb") as f:
-            cfg = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise CliError(f"{a.config}: TOML không hợp lệ / invalid TOML: {e}") from None
-    unknown = sorted(set(cfg) - PIPELINE_KEYS)
-    if unknown:
-        raise CliError(f"{a.config}: khóa không hợp lệ / unknown keys {unknown}; valid: {sorted(PIPELINE_KEYS)}")
-    data = cfg.get("data", {})
-    for k in ("sft", "preference"):
-        if k not in data:
-            raise CliError(f"{a.config}: thiếu [data].{k} / missing [data].{k}")
-    base = os.path.dirname(os.path.abspath(a.config))
-    path = lambda p: p if os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
-    sft_data = _load_records(path(data["sft"]), "[data].sft")
-    pref = _load_records(path(data["preference"]), "[data].preference")
-    mcfg = dict(cfg.get("model", {}))
-    pipe = RLHFPipeline(sft_config=cfg.get("sft"), dpo_config=cfg.get("dpo"), reward_config=cfg.get("reward"))
-    if "path" in mcfg:
-        model = _load_model(path(mcfg["path"]))
-    else:
-        try:
-            model = TransformerLM(GPTConfig(**mcfg))
-        except TypeError as e:
-            raise CliError(f"{a.config}: [model]: {e}") from None
-    reward_model = model.copy()
-    run_dir = make_run_dir(a.out or cfg.get("out"), "pipeline")
-    result = pipe.chay_day_du(model=model, ref_model=None, reward_model=reward_model, sft_data=sft_data,
-                              preference_data=pref)
-    entries = []
-    for stage in ("sft", "reward", "rlhf"):
-        h = result[stage]["history"]
-        n = len(h["train_loss"])
-        entries += [dict({k: v[i] for k, v in h.items() if len(v) == n}, stage=stage) for i in range(n)]
-    summary = {k: ({kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v)
-               for k, v in result.items()}
-    write_json(os.path.join(run_dir, "config.json"), cfg)
-    write_jsonl(os.path.join(run_dir, "metrics.jsonl"), entries)
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    model.save(os.path.join(run_dir, "policy"))
-    reward_model.save(os.path.join(run_dir, "reward_model"))
-    if not a.quiet:
-        print(json.dumps(summary, ensure_ascii=False, indent=2))
-        print(f"Đã lưu vào / saved to: {run_dir}")
-
-
-def cmd_generate(a):
-    model = _load_model(a.model)
-    prompts = a.prompt
-    if a.template:
-        from ..text.records import format_prompt
-
-        prompts = [format_prompt(p) for p in prompts]
-    outs = model.sinh_van_ban(prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                              top_p=a.top_p, do_sample=a.sample, seed=a.seed)
-    for p, o in zip(a.prompt, outs):
-        print(json.dumps({"prompt": p, "output": o}, ensure_ascii=False))
-
-
-def cmd_score(a):
-    from ..trainers.reward import RewardModel
-
-    model = _load_model(a.model)
-    texts = list(a.text or [])
-    if a.file:
-        texts += [r.get("text", r.get("van_ban")) for r in _load_records(a.file, "--file")]
-    if not texts:
-        raise CliError("cần --text hoặc --file / --text or --file is required")
-    for s in RewardModel().diem_danh_gia(model, texts):
-        print(json.dumps(s, ensure_ascii=False))
-
-
-def cmd_conformance(a):
-    from .. import conformance
-
-    return conformance.main(a.rest)
-
-
-def cmd_demo(a):
-    from ..app.demo import run_demo
-
-    run_demo(out=a.out, quiet=a.quiet, quick=a.quick, seed=a.seed)
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cần một số / expected a number, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"cần một số hữu hạn / expected a finite number, got {text!r}")
+    return v
 
 
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
 
-def _model_overrides(a):
-    return {k: getattr(a, k) for k in ("n_layer", "n_embd", "n_head", "n_positions") if getattr(a, k, None)}
-
-
 def _common(sp, *, out=True):
     sp.add_argument("--quiet", action="store_true", help="tắt thanh tiến trình / no progress bars")
     sp.add_argument("--seed", type=int, default=42, help="hạt giống ngẫu nhiên / random seed (42)")
     if out:
-        sp.add_argument("--out", default=None, help="thư mục chạy / run directory (runs/<command>-<time>)")
+        sp.add_argument("--out", default=None, help="thư mục chạy / run directory (runs/<command>-<time>); "
+                                                    "must not exist or be empty")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="thay một lần chạy đã xong ở --out / replace a finished run at --out (only a run "
+                             "directory of this tool), or discard an interrupted one at <out>.partial")
+
+
+def _run_args(sp, *, skip=True):
+    """Checkpoint and resume options of the training commands."""
+    sp.add_argument("--checkpoint-every", dest="checkpoint_every", type=_positive_int, default=None,
+                    help="checkpoint mỗi N bước vào <out>.partial/checkpoints / a checkpoint every N steps "
+                         "(default: only the final one and one on Ctrl-C/SIGTERM)")
+    sp.add_argument("--keep", type=_positive_int, default=2, help="số checkpoint giữ lại / checkpoints kept (2)")
+    sp.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="chạy tiếp một lần chạy bị ngắt / resume an interrupted run (its <out>.partial folder); "
+                         "every setting comes from its config.json")
+    if skip:
+        sp.add_argument("--skip-nonfinite", dest="skip_nonfinite", action="store_true",
+                        help="bỏ qua bước có loss/gradient NaN/inf (bo_qua_batch_loi) / skip non-finite steps")
 
 
 def _train_args(sp, *, epochs, lr, batch, accum=True):
-    sp.add_argument("--data", required=True, help="tệp JSONL / JSONL file of records")
+    sp.add_argument("--data", default=None, help="tệp JSONL / JSONL file of records (required)")
     sp.add_argument("--so-vong", dest="so_vong", type=int, default=epochs, help=f"số epoch / epochs ({epochs})")
     sp.add_argument("--toc-do-hoc", dest="toc_do_hoc", type=float, default=lr, help=f"learning rate ({lr})")
     sp.add_argument("--kich-thuoc-batch", dest="kich_thuoc_batch", type=int, default=batch,
@@ -248,6 +95,7 @@ def _train_args(sp, *, epochs, lr, batch, accum=True):
     sp.add_argument("--logging-steps", dest="logging_steps", type=int, default=1, help="log every N steps (1)")
     sp.add_argument("--max-seq-length", dest="max_seq_length", type=int, default=512, help="max tokens (512)")
     _common(sp)
+    _run_args(sp)
 
 
 def _add_demo(sub):
@@ -257,7 +105,7 @@ def _add_demo(sub):
                                    "scratch on the bundled data and prints held-out figures.")
     _common(d)
     d.add_argument("--quick", action="store_true", help="bản rút gọn (cho kiểm thử) / shortened run (for tests)")
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_demo, _required=())
 
 
 def _add_training(sub):
@@ -267,33 +115,35 @@ def _add_training(sub):
     s.add_argument("--model", default=None, help="thư mục checkpoint / checkpoint directory (default: a new model)")
     s.add_argument("--val", default=None, help="tệp JSONL kiểm định / validation JSONL")
     s.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, default=0.1, help="warmup ratio (0.1)")
-    for k, t in (("n_layer", int), ("n_embd", int), ("n_head", int), ("n_positions", int)):
-        s.add_argument(f"--{k.replace('_', '-')}", dest=k, type=t, default=None, help=f"{k} of a new model")
+    for k in ("n_layer", "n_embd", "n_head", "n_positions"):
+        s.add_argument(f"--{k.replace('_', '-')}", dest=k, type=_positive_int, default=None,
+                       help=f"{k} of a new model (not with --model)")
     _train_args(s, epochs=3, lr=1e-3, batch=4)
-    s.set_defaults(func=cmd_sft)
+    s.set_defaults(func=cmd_sft, _required=("data",))
 
     r = sub.add_parser("reward", help="huấn luyện reward model / train a reward model",
                        description="Reward model Bradley–Terry trên các cặp chosen/rejected (prompt, margin tuỳ chọn).")
-    r.add_argument("--model", required=True, help="thư mục checkpoint / checkpoint directory")
+    r.add_argument("--model", default=None, help="thư mục checkpoint / checkpoint directory (required)")
     _train_args(r, epochs=1, lr=1e-4, batch=4, accum=False)
-    r.set_defaults(func=cmd_reward)
+    r.set_defaults(func=cmd_reward, _required=("model", "data"))
 
     o = sub.add_parser("dpo", help="huấn luyện DPO / Direct Preference Optimization",
                        description="DPO trên các cặp prompt/chosen/rejected. Without --ref the reference is a frozen "
                                    "copy of --model.")
-    o.add_argument("--model", required=True, help="thư mục checkpoint / policy checkpoint directory")
+    o.add_argument("--model", default=None, help="thư mục checkpoint / policy checkpoint directory (required)")
     o.add_argument("--ref", default=None, help="mô hình tham chiếu / reference checkpoint (default: copy of --model)")
     o.add_argument("--beta", type=float, default=0.1, help="KL coefficient β (0.1)")
     o.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=0.0, help="ε in [0, 0.5] (0)")
     _train_args(o, epochs=1, lr=1e-4, batch=2)
-    o.set_defaults(func=cmd_dpo)
+    o.set_defaults(func=cmd_dpo, _required=("model", "data"))
 
     pl = sub.add_parser("pipeline", help="SFT → RM → DPO từ tệp cấu hình / full pipeline from a TOML config",
                         description="Chạy RLHFPipeline.chay_day_du theo tệp TOML: [model], [data] (sft, preference), "
                                     "[sft], [reward], [dpo], out.")
-    pl.add_argument("--config", required=True, help="tệp TOML / TOML file")
+    pl.add_argument("--config", default=None, help="tệp TOML / TOML file (required)")
     _common(pl)
-    pl.set_defaults(func=cmd_pipeline)
+    _run_args(pl)
+    pl.set_defaults(func=cmd_pipeline, _required=("config",))
 
 
 def _add_inference(sub):
@@ -305,11 +155,11 @@ def _add_inference(sub):
                    help="không bọc prompt trong mẫu hỏi–đáp / do not wrap the prompt in the template")
     g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=64, help="(64)")
     g.add_argument("--sample", action="store_true", help="lấy mẫu thay vì greedy / sample instead of greedy")
-    g.add_argument("--temperature", type=float, default=1.0, help="(1.0)")
+    g.add_argument("--temperature", type=_finite_float, default=1.0, help="(1.0)")
     g.add_argument("--top-k", dest="top_k", type=int, default=None, help="top-k")
-    g.add_argument("--top-p", dest="top_p", type=float, default=None, help="top-p (nucleus)")
+    g.add_argument("--top-p", dest="top_p", type=_finite_float, default=None, help="top-p (nucleus)")
     _common(g, out=False)
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, _required=())
 
     sc = sub.add_parser("score", help="chấm điểm văn bản bằng reward model / score texts with a reward model",
                         description="In {van_ban, score, score_normalized} cho mỗi văn bản (một dòng JSON mỗi văn bản).")
@@ -317,13 +167,13 @@ def _add_inference(sub):
     sc.add_argument("--text", action="append", help="văn bản (lặp lại được) / text (repeatable)")
     sc.add_argument("--file", default=None, help="JSONL với khóa 'text' / JSONL with a 'text' key")
     _common(sc, out=False)
-    sc.set_defaults(func=cmd_score)
+    sc.set_defaults(func=cmd_score, _required=())
 
     c = sub.add_parser("conformance", help="kiểm tra một cài đặt khác với vector vàng / check an implementation",
                        description="Chạy bộ kiểm tra tương thích: vietnamese-ai-ref conformance module:adapter "
                                    "[--vectors DIR] [--only NAME]. Same as python -m vietnamese_ai_ref.conformance.")
     c.add_argument("rest", nargs=argparse.REMAINDER, help="module:adapter [options]")
-    c.set_defaults(func=cmd_conformance)
+    c.set_defaults(func=cmd_conformance, _required=())
 
 
 def build_parser():
@@ -336,36 +186,97 @@ def build_parser():
     _add_demo(sub)
     _add_training(sub)
     _add_inference(sub)
+    for sp in sub.choices.values():
+        sp.set_defaults(_parser=sp)
     return p
 
 
+def _given_options(argv) -> set:
+    """The options the command line names explicitly (whatever their value), read by parsing it again
+    with every default suppressed."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for sp in sub.choices.values():
+        for action in sp._actions:
+            action.default = argparse.SUPPRESS
+    ns = p.parse_args(argv)
+    return set(vars(ns)) - {"command", "func", "_parser", "_required"}
+
+
+def _parse(argv):
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
+    a = build_parser().parse_args(argv)
+    a.given = _given_options(argv)
+    if getattr(a, "resume", None) is None:
+        missing = [f"--{k}" for k in a._required if getattr(a, k, None) is None]
+        if missing:
+            a._parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# signals and exit codes
+# ---------------------------------------------------------------------------------------------
+
+class _TermLikeInt:
+    """SIGTERM takes the path of Ctrl-C: it calls whatever SIGINT handler is installed (the training loop's
+    deferral, which checkpoints at the next step boundary, or Python's default, which raises
+    KeyboardInterrupt). Remembers which signal came, for the exit code."""
+
+    def __init__(self):
+        self.signum = signal.SIGINT
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.signum = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _say(message, exc):
+    note = getattr(exc, "run_note", "")
+    print(f"lỗi / error: {message}" + (f" — {note}" if note else ""), file=sys.stderr)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    from ..text.jsonl import JsonlError as _J
-    from ..text.records import DataError
-
-    user_errors = (CliError, DataError, _J, ValueError, FileNotFoundError)
-    try:
-        from ..models.gpt2 import CheckpointError
-
-        user_errors = user_errors + (CheckpointError,)
-    except ImportError:
-        pass
-    try:
-        rc = a.func(a)
-    except user_errors as e:
-        print(f"lỗi / error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt as e:
-        print("đã dừng / interrupted", file=sys.stderr)
-        path = getattr(e, "checkpoint_path", None)  # set by the training loop when it saved one
-        if path:
-            print(f"checkpoint: {path}\nchạy tiếp / to resume (Python): "
-                  f"<trainer>.huan_luyen(..., tiep_tuc_tu={path!r}) — xem spec/api.md \"Checkpoints and resume\"",
-                  file=sys.stderr)
-        return 130
-    return int(rc or 0)
+    a = _parse(argv)
+    with _TermLikeInt() as signals:
+        try:
+            return int(a.func(a) or 0)
+        except USER_ERRORS as e:
+            _say(e, e)
+            return EXIT_USAGE
+        except NonFiniteError as e:
+            _say(f"{e} Dòng lệnh / command line: --skip-nonfinite.", e)
+            return EXIT_USAGE
+        except EnvironmentProblem as e:
+            _say(e, e)
+            return EXIT_ENVIRONMENT
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            _say(f"lỗi vào/ra / I/O failed: {describe_os_error(e)}", e)
+            return EXIT_ENVIRONMENT
+        except KeyboardInterrupt as e:
+            name = "SIGTERM" if signals.signum == signal.SIGTERM else "Ctrl-C"
+            path = getattr(e, "checkpoint_path", None)
+            where = f"checkpoint: {path}" if path else "không có checkpoint / no checkpoint"
+            note = getattr(e, "run_note", "")
+            print(f"đã dừng / interrupted ({name}); {where}" + (f" — {note}" if note else ""), file=sys.stderr)
+            return 128 + int(signals.signum)
 
 
 if __name__ == "__main__":

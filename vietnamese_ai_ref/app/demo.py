@@ -4,7 +4,9 @@ What it is for: the README's main command. It trains a tiny transformer from scr
 in a few minutes and reports, on the *held-out* preference split: the reward model's accuracy, DPO's
 implicit-reward accuracy and margin, the reward model's mean score of the policy's own answers before
 and after DPO, and three prompts answered before and after alignment. It writes a run directory
-(config, metrics.jsonl, summary.json, checkpoints, curves.png).
+(config, metrics.jsonl, policy/, reward_model/, curves.png, summary.json last) as a transaction: the
+output path is checked before training, the files go into `<out>.partial` and it is renamed at the end
+(rundir.RunDir), so a failed or interrupted demo never leaves a folder that looks finished.
 What it is not: a benchmark, or a recipe for real models (see docs/huan-luyen.md).
 """
 
@@ -17,13 +19,13 @@ from importlib import resources
 from .. import losses
 from ..core.autograd import no_grad
 from ..trainers.dpo import DPOTrainer, pair_logps
-from ..text.jsonl import read_jsonl, write_json, write_jsonl
+from ..text.jsonl import read_jsonl, write_jsonl
 from ..models.gpt2 import GPTConfig, TransformerLM
 from ..text.records import format_prompt, prepare_pairs
 from ..trainers.reward import RewardModel
 from ..trainers.sft import SFTTrainer
 from .plots import write_curves
-from .rundir import Progress, make_run_dir, total_steps
+from .rundir import Progress, RunDir, total_steps
 
 #: The demo's settings. `quick` is the shortened run the tests use (direction of each figure only).
 SETTINGS = {
@@ -104,11 +106,11 @@ def _stage(entries, quiet, desc, stage, n, trainer, epochs, train):
     return result
 
 
-def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
+def run_demo(out=None, quiet=False, quick=False, seed=42, overwrite=False) -> dict:
     t0 = time.perf_counter()
     S = SETTINGS["quick" if quick else "full"]
+    rd = RunDir.plan(out, "demo", overwrite=overwrite)  # before any compute
     data = load_demo_data()
-    run_dir = make_run_dir(out, "demo")
     say = (lambda *a: None) if quiet else print
     heldout = data["pref_heldout"]
     held_prompts = list(dict.fromkeys(r["prompt"] for r in heldout))
@@ -162,15 +164,31 @@ def run_demo(out=None, quiet=False, quick=False, seed=42) -> dict:
         "seconds": time.perf_counter() - t0,
         "quick": quick,
     }
-    write_json(os.path.join(run_dir, "config.json"), {"seed": seed, **{k: v for k, v in S.items()}})
-    write_jsonl(os.path.join(run_dir, "metrics.jsonl"), entries)
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    model.save(os.path.join(run_dir, "policy"))
-    rm_net.save(os.path.join(run_dir, "reward_model"))
-    plot = write_curves(os.path.join(run_dir, "curves.png"), r_sft, r_rm, r_dpo)
+    plot = _write_run(rd, {"command": "demo", "seed": seed, **{k: v for k, v in S.items()}}, entries, summary,
+                      model, rm_net, (r_sft, r_rm, r_dpo))
     if not quiet:
-        print_summary(summary, run_dir, plot)
+        print_summary(summary, rd.final, plot)
     return summary
+
+
+def _write_run(rd, config, entries, summary, policy, rm_net, results):
+    """The run folder, all at once at the end (summary.json last, then the rename). Returns whether
+    curves.png was drawn."""
+    drawn = []
+
+    def write(folder):
+        write_jsonl(os.path.join(folder, "metrics.jsonl"), entries)
+        policy.save(os.path.join(folder, "policy"))
+        rm_net.save(os.path.join(folder, "reward_model"))
+        drawn.append(write_curves(os.path.join(folder, "curves.png"), *results))
+
+    rd.begin(config)
+    try:
+        rd.commit(write, summary)
+    except BaseException:
+        rd.abandon()
+        raise
+    return drawn[0]
 
 
 def print_summary(s, run_dir, plot):

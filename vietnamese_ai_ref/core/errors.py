@@ -33,3 +33,8 @@ class NonFiniteError(FloatingPointError):
 
 class InternalError(RuntimeError):
     """A consistency check inside the library failed: a bug to report, not a mistake in the input."""
+
+
+class SettingError(DataError):
+    """A setting has a bad value: a trainer or pipeline parameter, a generation setting, a command-line
+    option. The message names the setting as the caller spells it, what was expected and what came."""

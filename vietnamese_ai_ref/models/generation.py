@@ -19,6 +19,7 @@ number per generated token, so row r equals generating that prompt alone with `s
 
 from __future__ import annotations
 
+from ..core.errors import SettingError
 from ..backends import get_backend
 from ..core.autograd import no_grad
 
@@ -38,13 +39,13 @@ def eos_ids(model, eos_token_id=None) -> set:
 
 def _check_args(max_new_tokens, temperature, top_k, top_p):
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens phải là số nguyên >= 0 / must be an int >= 0, got {max_new_tokens!r}")
+        raise SettingError(f"max_new_tokens phải là số nguyên >= 0 / must be an int >= 0, got {max_new_tokens!r}")
     if temperature is None or float(temperature) < 0.0:
-        raise ValueError(f"temperature phải >= 0 / temperature must be >= 0, got {temperature!r}")
+        raise SettingError(f"temperature phải >= 0 / temperature must be >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k phải là số nguyên >= 1 / top_k must be an int >= 1, got {top_k!r}")
+        raise SettingError(f"top_k phải là số nguyên >= 1 / top_k must be an int >= 1, got {top_k!r}")
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p phải thuộc (0, 1] / top_p must lie in (0, 1], got {top_p!r}")
+        raise SettingError(f"top_p phải thuộc (0, 1] / top_p must lie in (0, 1], got {top_p!r}")
 
 
 def _pad_right(xp, seqs, pad_id):

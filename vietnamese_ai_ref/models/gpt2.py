@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..core.errors import SettingError
 from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
@@ -47,19 +48,19 @@ class GPTConfig(ConfigDict):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Cấu hình không hợp lệ / invalid config: {name} must be a positive int, got {v!r}")
+                raise SettingError(f"Cấu hình không hợp lệ / invalid config: {name} must be a positive int, got {v!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise SettingError(
                 f"Cấu hình không hợp lệ / invalid config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
             )
         for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
             p = getattr(self, name)
             if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"Cấu hình không hợp lệ / invalid config: {name} must lie in [0, 1), got {p!r}")
+                raise SettingError(f"Cấu hình không hợp lệ / invalid config: {name} must lie in [0, 1), got {p!r}")
         if not float(self.layer_norm_epsilon) > 0.0:
-            raise ValueError(f"Cấu hình không hợp lệ / invalid config: layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
+            raise SettingError(f"Cấu hình không hợp lệ / invalid config: layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
         if self.model_type != "gpt2":
-            raise ValueError(f"Cấu hình không hợp lệ / invalid config: model_type must be 'gpt2', got {self.model_type!r}")
+            raise SettingError(f"Cấu hình không hợp lệ / invalid config: model_type must be 'gpt2', got {self.model_type!r}")
 
     @property
     def head_size(self) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
+from ..core.errors import SettingError
 from ..core.fused import apply_rotary, linear, rms_norm, silu
 from .base import CausalLM, ConfigDict
 from .kv_cache import KVCache, blocked_keys
@@ -32,8 +33,8 @@ MODEL_TYPES = ("llama", "qwen2", "mistral")
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-def _invalid(msg: str) -> ValueError:
-    return ValueError(f"Cấu hình không hợp lệ / invalid config: {msg}")
+def _invalid(msg: str) -> SettingError:
+    return SettingError(f"Cấu hình không hợp lệ / invalid config: {msg}")
 
 
 # ============================ config ===========================================================

@@ -1,7 +1,8 @@
 """JSONL files in and out: one record per line, errors that name the file and the line.
 
-What it is for: reading the record files the CLI takes (the format TRL users already have) and
-writing `metrics.jsonl`; every write goes to a temporary file that is renamed into place. Also the one
+What it is for: reading the record files the CLI takes (the format TRL users already have; a UTF-8 byte
+order mark at the start is accepted; a directory, a pipe or an unreadable file each get their own message)
+and writing `metrics.jsonl`; every write goes to a temporary file that is renamed into place. Also the one
 reader of JSON files that must hold an object (config.json, tokenizer_config.json, ...).
 What it is not: a record validator (records.py checks keys and types).
 """
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+
 from ..core.errors import JsonlError
+
+_BOM = "\ufeff"
 
 
 def read_json_object(path, error=JsonlError) -> dict:
@@ -33,18 +38,47 @@ def read_json_object(path, error=JsonlError) -> dict:
     return raw
 
 
+def check_regular_file(path) -> None:
+    """JsonlError unless `path` is an existing regular file: missing, a directory, a pipe or another
+    special file each get their own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise JsonlError(f"không tìm thấy tệp / file not found: {path}") from None
+    except OSError as e:  # a path through a file, a name too long, a folder we may not enter
+        raise JsonlError(f"không truy cập được / cannot access {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise JsonlError(f"là một thư mục, không phải tệp / is a directory, not a file: {path}")
+    if stat.S_ISFIFO(mode):
+        raise JsonlError(
+            f"là một pipe, không phải tệp thường: hãy ghi dữ liệu ra tệp (cần đọc lại khi chạy tiếp) / is a pipe, "
+            f"not a regular file: write the data to a file first (a run reads it again to resume): {path}"
+        )
+    if not stat.S_ISREG(mode):
+        raise JsonlError(f"không phải tệp thường / not a regular file (a device or socket): {path}")
+
+
+def _open_for_reading(path):
+    check_regular_file(path)
+    try:
+        return open(path, "rb")
+    except OSError as e:  # permissions (not as root), a file removed meanwhile
+        raise JsonlError(f"không đọc được tệp / cannot read the file {path}: {e.strerror}") from None
+
+
 def read_jsonl(path) -> list:
-    """Records of a JSONL file (blank lines skipped). Each line must be a JSON object."""
+    """Records of a JSONL file (blank lines skipped; a UTF-8 BOM at the start is skipped). Each line
+    must be a JSON object."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise JsonlError(f"không tìm thấy tệp / file not found: {path}")
     out = []
-    with open(path, "rb") as f:
+    with _open_for_reading(path) as f:
         for n, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise JsonlError(f"{path}:{n}: không phải UTF-8 hợp lệ / invalid UTF-8 ({e.reason})") from None
+            if n == 1 and line.startswith(_BOM):
+                line = line[1:]
             if not line.strip():
                 continue
             try:

@@ -108,16 +108,30 @@ def _bos(tok):
     return [b] if b is not None else []
 
 
+def truncate_prompt(prompt_ids, response_len: int, max_len: int):
+    """The prompt part of the truncation rule of spec/data.md: when prompt + response exceed `max_len`
+    tokens, the prompt keeps its *last* tokens, at most max_len // 2 of them."""
+    if len(prompt_ids) + response_len <= max_len:
+        return list(prompt_ids)
+    keep = min(len(prompt_ids), max_len // 2)
+    return list(prompt_ids[len(prompt_ids) - keep:])
+
+
+def generation_prompt_ids(prompt: str, tokenizer, max_len: int, max_new_tokens: int):
+    """[bos] + templated `prompt`, truncated for an answer of `max_new_tokens` tokens by the same rule as
+    training pairs (`truncate_prompt`), so the policy is asked what it was trained on and fits the model."""
+    p_ids = _bos(tokenizer) + tokenizer.encode(format_prompt(unicodedata.normalize("NFC", prompt)))
+    return truncate_prompt(p_ids, max_new_tokens, max_len)
+
+
 def _join(prompt_ids, response_ids, max_len):
     """Prompt + response with the truncation rule of spec/data.md.
 
     When the pair does not fit, the prompt keeps its *last* tokens, at most max_len // 2 of them;
     then the response keeps its *first* tokens. Returns (input_ids, labels).
     """
-    if len(prompt_ids) + len(response_ids) > max_len:
-        keep = min(len(prompt_ids), max_len // 2)
-        prompt_ids = prompt_ids[len(prompt_ids) - keep:]
-        response_ids = response_ids[: max_len - len(prompt_ids)]
+    prompt_ids = truncate_prompt(prompt_ids, len(response_ids), max_len)
+    response_ids = response_ids[: max_len - len(prompt_ids)]
     ids = prompt_ids + response_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
     return ids, labels
@@ -259,6 +273,9 @@ def prepare_pairs(records, tokenizer, max_seq_length: int, *, require_prompt: bo
             prompt = None
         chosen = _text(r, i, "chosen")
         rejected = _text(r, i, "rejected")
+        if chosen == rejected:  # the pair teaches nothing: its loss stays at ln 2 whatever the weights
+            raise record_error(i, "rejected", ("một văn bản khác 'chosen'", "a text different from 'chosen'"),
+                               r["rejected"])
         margin = 0.0
         if "margin" in r:
             if not allow_margin:

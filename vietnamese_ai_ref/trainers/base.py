@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ..core.errors import SettingError
 from ..core.errors import CheckpointError
 from ..io.checkpoints import CheckpointOptions, list_checkpoints, load_checkpoint
 from .settings import check_bool, check_int, check_path
@@ -59,7 +60,7 @@ class TrainerBase:
         if luu_moi is not None:
             check_int("luu_moi", luu_moi)
             if thu_muc_checkpoint is None:
-                raise ValueError(
+                raise SettingError(
                     "'luu_moi' cần 'thu_muc_checkpoint' (nơi lưu checkpoint) / 'luu_moi' needs "
                     "'thu_muc_checkpoint' (where to write the checkpoints)"
                 )

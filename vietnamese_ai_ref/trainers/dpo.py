@@ -8,6 +8,7 @@ What it is not: the loss formula itself (losses.dpo_loss) or a loop of its own (
 
 from __future__ import annotations
 
+from ..core.errors import SettingError
 from .. import losses
 from ..core.autograd import no_grad
 from ..backends import get_backend
@@ -90,7 +91,7 @@ class DPOTrainer(TrainerBase):
         run reuses them and never re-evaluates `ref_model` (with ref_model=None the copy it came from is gone)."""
         check_model(model)
         if ref_model is model:
-            raise ValueError(
+            raise SettingError(
                 "'ref_model' không được là cùng một đối tượng với 'model' (mô hình tham chiếu phải đóng băng); "
                 "truyền None để dùng bản sao / 'ref_model' must not be the same object as 'model'; "
                 "pass None for a frozen copy"
@@ -98,7 +99,7 @@ class DPOTrainer(TrainerBase):
         if ref_model is not None:
             check_model(ref_model, "ref_model")
             if ref_model.config.vocab_size != model.config.vocab_size:
-                raise ValueError(
+                raise SettingError(
                     f"'ref_model' có vocab_size {ref_model.config.vocab_size} khác 'model' "
                     f"({model.config.vocab_size}) / vocab sizes differ"
                 )

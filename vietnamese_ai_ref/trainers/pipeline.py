@@ -5,7 +5,10 @@ What it is for: the seeds' pipeline API (`sft`, `train_reward_model`, `rlhf`, `c
 before anything runs. `chay_day_du` scores the policy's own greedy answers to the preference prompts
 with the trained reward model before and after DPO and reports both and their difference. With
 `thu_muc_checkpoint` each stage checkpoints into its own subdirectory (sft/, reward/, dpo/), and
-`chay_day_du(..., tiep_tuc=True)` resumes every stage from there.
+`chay_day_du(..., tiep_tuc=True)` resumes every stage from there. Everything is checked before the first
+stage computes: the three stage configs at construction (`SettingError`), every model and every record of
+every stage in `chay_day_du` with that stage's own truncation length and tokenizer, and the policy's
+prompts are truncated for its answers by the same rule as in training (records.generation_prompt_ids).
 What it is not: a new trainer; every stage is SFTTrainer, RewardModel or DPOTrainer as configured.
 """
 
@@ -14,22 +17,25 @@ from __future__ import annotations
 import inspect
 import os
 
-from ..trainers.dpo import DPOTrainer
-from ..text.records import DataError, prepare_pairs, prepare_sft
-from ..trainers.reward import RewardModel
-from ..trainers.sft import SFTTrainer
+from ..core.errors import SettingError
+from ..models.generation import generate
+from ..text.records import DataError, generation_prompt_ids, prepare_pairs, prepare_sft
+from .dpo import DPOTrainer
+from .reward import RewardModel
+from .settings import check_bool, check_int, check_model, check_path
+from .sft import SFTTrainer, effective_max_len
 
 
 def _check_config(name, cfg, cls, extra=()):
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
-        raise ValueError(f"'{name}' phải là dict hoặc None, nhận được {type(cfg).__name__} "
-                         f"/ '{name}' must be a dict or None")
+        raise SettingError(f"'{name}' phải là dict hoặc None, nhận được {type(cfg).__name__} "
+                           f"/ '{name}' must be a dict or None")
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"} | set(extra)
     unknown = sorted(set(cfg) - allowed)
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"'{name}' có khóa không hợp lệ {unknown}; các khóa hợp lệ: {sorted(allowed)} "
             f"/ '{name}' has unknown keys {unknown}; valid keys: {sorted(allowed)}"
         )
@@ -46,22 +52,21 @@ class RLHFPipeline:
     thu_muc_giai_doan = {"sft": "sft", "reward": "reward", "rlhf": "dpo"}
 
     def __init__(self, sft_config=None, dpo_config=None, reward_config=None, *, thu_muc_checkpoint=None,
-                 luu_moi=None, giu_lai=2):
-        from .settings import check_int, check_path
-
+                 luu_moi=None, giu_lai=2, bo_qua_batch_loi=False):
         check_path("thu_muc_checkpoint", thu_muc_checkpoint)
         if luu_moi is not None:
             check_int("luu_moi", luu_moi)
             if thu_muc_checkpoint is None:
-                raise ValueError("'luu_moi' cần 'thu_muc_checkpoint' / 'luu_moi' needs 'thu_muc_checkpoint'")
+                raise SettingError("'luu_moi' cần 'thu_muc_checkpoint' / 'luu_moi' needs 'thu_muc_checkpoint'")
         check_int("giu_lai", giu_lai)
         self.thu_muc_checkpoint = thu_muc_checkpoint
-        self._ck = {"luu_moi": luu_moi, "giu_lai": giu_lai}
+        self._ck = {"luu_moi": luu_moi, "giu_lai": giu_lai, "bo_qua_batch_loi": check_bool("bo_qua_batch_loi",
+                                                                                            bo_qua_batch_loi)}
         self.sft_config = _check_config("sft_config", sft_config, SFTTrainer)
         self.dpo_config = _check_config("dpo_config", dpo_config, DPOTrainer)
         self.reward_config = _check_config("reward_config", reward_config, RewardModel, extra=("so_vong",))
         rc = dict(self.reward_config)
-        self._reward_epochs = rc.pop("so_vong", 1)
+        self._reward_epochs = check_int("so_vong", rc.pop("so_vong", 1))  # reward_config's so_vong
         # the trainers validate their values now, before any compute
         self.sft_trainer = SFTTrainer(**self.sft_config)
         self.dpo_trainer = DPOTrainer(**self.dpo_config)
@@ -111,21 +116,12 @@ class RLHFPipeline:
         `tiep_tuc=True` (needs thu_muc_checkpoint): each stage resumes from the newest checkpoint in its
         subdirectory when there is one (a finished stage restores its weights and result without training)."""
         if tiep_tuc and self.thu_muc_checkpoint is None:
-            raise ValueError("'tiep_tuc=True' cần 'thu_muc_checkpoint' / 'tiep_tuc=True' needs 'thu_muc_checkpoint'")
-        if reward_model is model or (ref_model is not None and reward_model is ref_model):
-            raise ValueError("'reward_model' phải là một mô hình riêng / 'reward_model' must be a separate model")
-        prompts = _prompts_of(preference_data)
-        # every record of every stage is checked before the first stage computes anything
-        tok = model.tokenizer
-        n = model.config.n_positions
-        prepare_sft(sft_data, tok, n, model.config.vocab_size, name="sft_data")
-        prepare_pairs(preference_data, tok, n, require_prompt=False, allow_margin=True)
-        prepare_pairs([r for r in preference_data if "prompt" in r], tok, n, require_prompt=True,
-                      allow_margin=True)
+            raise SettingError("'tiep_tuc=True' cần 'thu_muc_checkpoint' / 'tiep_tuc=True' needs "
+                               "'thu_muc_checkpoint'")
+        prompts, dpo_pairs = self.check_run(model, ref_model, reward_model, sft_data, preference_data)
         self.sft(model, sft_data, tiep_tuc_tu=self._resume_point("sft", tiep_tuc))
         self.train_reward_model(reward_model, preference_data, tiep_tuc_tu=self._resume_point("reward", tiep_tuc))
         before = self._policy_reward(model, reward_model, prompts)
-        dpo_pairs = [{k: v for k, v in r.items() if k != "margin"} for r in preference_data if "prompt" in r]
         self.rlhf(model, ref_model, dpo_pairs, tiep_tuc_tu=self._resume_point("rlhf", tiep_tuc))
         after = self._policy_reward(model, reward_model, prompts)
         result = {
@@ -139,6 +135,33 @@ class RLHFPipeline:
         self._results.update({k: v for k, v in result.items() if k.startswith("policy_")})
         return result
 
+    def check_run(self, model, ref_model, reward_model, sft_data, preference_data):
+        """Everything chay_day_du will need, checked before any compute: the models, and every record of
+        every stage with that stage's tokenizer and truncation length (min(max_seq_length, n_positions)).
+        Returns (the distinct prompts, the DPO pairs)."""
+        check_model(model)
+        check_model(reward_model, "reward_model")
+        if ref_model is not None:
+            check_model(ref_model, "ref_model")
+        if reward_model is model or (ref_model is not None and reward_model is ref_model):
+            raise SettingError("'reward_model' phải là một mô hình riêng / 'reward_model' must be a separate model")
+        if ref_model is model:
+            raise SettingError("'ref_model' không được là 'model' (same object); truyền None / pass None for a copy")
+        prompts = _prompts_of(preference_data)
+        prepare_sft(sft_data, model.tokenizer, effective_max_len(self.sft_trainer.max_seq_length, model),
+                    model.config.vocab_size, name="sft_data")
+        prepare_pairs(preference_data, reward_model.tokenizer,
+                      effective_max_len(self.reward_model.max_seq_length, reward_model), require_prompt=False,
+                      allow_margin=True)
+        dpo_pairs = [{k: v for k, v in r.items() if k != "margin"} for r in preference_data if "prompt" in r]
+        prepare_pairs(dpo_pairs, model.tokenizer, self._dpo_max_len(model, ref_model), require_prompt=True,
+                      allow_margin=False)
+        return prompts, dpo_pairs
+
+    def _dpo_max_len(self, model, ref_model=None):
+        n = effective_max_len(self.dpo_trainer.max_seq_length, model)
+        return n if ref_model is None else min(n, ref_model.config.n_positions)
+
     def _resume_point(self, stage, tiep_tuc):
         if not tiep_tuc:
             return None
@@ -147,9 +170,16 @@ class RLHFPipeline:
         return tim_checkpoint(self._stage_ck(stage, None)["thu_muc_checkpoint"])
 
     def _policy_reward(self, model, reward_model, prompts) -> float:
-        from ..text.records import format_prompt
-
-        answers = model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=self.so_token_sinh)
+        """The reward model's mean score of the policy's greedy answers; each prompt is templated and
+        truncated as in DPO's training pairs (a prompt longer than the model never reaches generation)."""
+        tok = model.tokenizer
+        max_len = self._dpo_max_len(model)
+        ids = [generation_prompt_ids(p, tok, max_len, self.so_token_sinh) for p in prompts]
+        answers = []
+        for row in generate(model, ids, max_new_tokens=self.so_token_sinh):
+            if row and row[-1] == tok.eos_token_id:
+                row = row[:-1]
+            answers.append(tok.decode(row, skip_special_tokens=True))
         scores = self.reward_model.cham_diem_cap(reward_model, prompts, answers)
         return sum(scores) / len(scores)
 

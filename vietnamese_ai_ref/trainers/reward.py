@@ -8,6 +8,7 @@ What it is not: a separate network. The reward model *is* the transformer plus `
 
 from __future__ import annotations
 
+from ..core.errors import SettingError
 from .. import losses
 from ..core.autograd import no_grad
 from ..backends import get_backend
@@ -121,7 +122,7 @@ class RewardModel(TrainerBase):
         (raw) and score_normalized (z-score over this call, population std; 0 when n < 2 or all equal)."""
         check_model(model)
         if not getattr(model, "has_score_head", False):
-            raise ValueError(
+            raise SettingError(
                 "Mô hình chưa có đầu reward (score head): hãy gọi RewardModel.huan_luyen trước "
                 "/ the model has no score head: train it with RewardModel.huan_luyen first"
             )

@@ -2,38 +2,51 @@
 and the loop's settings and step plan.
 
 What it is for: one bilingual error per bad setting, raised before any compute, naming the parameter
-as the seeds spell it, what was expected and what came (spec/errors.md A4); numpy scalars are accepted
-wherever the Python type is. `LoopSettings` and `plan_steps` say how many steps a run takes.
+as the seeds spell it, what was expected and what came (spec/errors.md A4), as a `SettingError` (a
+`DataError`, so a `ValueError`); numpy scalars are accepted wherever the Python type is and come back as
+the Python type. `LoopSettings` and `plan_steps` say how many steps a run takes.
 What it is not: the loop itself (loop.py) or record validation (text/records.py).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 
-from ..backends import get_backend
+from ..backends import get_backend, host_np
+from ..core.errors import SettingError
 from ..core.optim import warmup_steps_for
 
 
 def _bad(name, expected_vi, expected_en, got):
-    return ValueError(
+    return SettingError(
         f"Tham số '{name}' không hợp lệ: cần {expected_vi}, nhận được {got!r} "
         f"/ invalid '{name}': expected {expected_en}, got {got!r}"
     )
 
 
+def _is_bool(v) -> bool:
+    return isinstance(v, (bool, host_np.bool_))
+
+
 def check_int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+    """`v` as a Python int; numpy integer scalars are accepted, bools refused."""
+    if _is_bool(v) or not isinstance(v, numbers.Integral) or v < minimum:
         raise _bad(name, f"số nguyên ≥ {minimum}", f"an int ≥ {minimum}", v)
-    return v
+    return int(v)
 
 
 def check_float(name, v, *, low=None, high=None, low_open=False, allow_zero=True):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    """`v` as a Python float; numpy scalars (float32, float64, integers) are accepted, bools refused."""
+    try:
+        number = None if _is_bool(v) or not isinstance(v, numbers.Real) else float(v)
+    except OverflowError:  # an int beyond the float range
+        number = None
+    if number is None or not math.isfinite(number):
         raise _bad(name, "một số thực hữu hạn", "a finite number", v)
-    v = float(v)
+    v = number
     if low is not None and (v < low or (low_open and v == low)):
         op = ">" if low_open else "≥"
         raise _bad(name, f"số {op} {low}", f"a number {op} {low}", v)
@@ -48,9 +61,9 @@ def check_callback(callback):
 
 
 def check_bool(name, v):
-    if not isinstance(v, bool):
+    if not _is_bool(v):
         raise _bad(name, "True hoặc False", "a bool", v)
-    return v
+    return bool(v)
 
 
 def check_path(name, v):
@@ -62,7 +75,7 @@ def check_path(name, v):
 def check_model(model, name="model"):
     needed = ("named_parameters", "config", "tokenizer")
     if not all(hasattr(model, a) for a in needed):
-        raise ValueError(
+        raise SettingError(
             f"'{name}' phải là một TransformerLM (thiếu {[a for a in needed if not hasattr(model, a)]}), "
             f"nhận được {type(model).__name__} / '{name}' must be a TransformerLM, got {type(model).__name__}"
         )
@@ -111,8 +124,6 @@ SETTING_RULES = {
     "logging_steps": lambda n, v: check_int(n, v),
     "seed": lambda n, v: check_int(n, v, minimum=0),
 }
-
-
 
 
 def checked(name: str, value):
