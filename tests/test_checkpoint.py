@@ -230,3 +230,20 @@ def test_save_refuses_to_clobber(tmp_path):
     (tmp_path / "empty").mkdir()
     m.save(tmp_path / "empty")  # an empty directory is fine
     assert (tmp_path / "empty" / "config.json").exists()
+
+
+def test_saving_keeps_files_it_does_not_own_and_follows_the_umask(tmp_path):
+    m = tiny()
+    d = tmp_path / "c"
+    m.save(d)
+    (d / "README.md").write_text("giữ lại / keep")
+    (d / "model.safetensors.index.json").write_text("{}")  # an owned file the new save does not write
+    old = os.umask(0o022)
+    try:
+        m.save(d)
+    finally:
+        os.umask(old)
+    assert (d / "README.md").read_text() == "giữ lại / keep"
+    assert not (d / "model.safetensors.index.json").exists()
+    assert oct(os.stat(d / "model.safetensors").st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(d).st_mode & 0o777) == oct(0o755)
