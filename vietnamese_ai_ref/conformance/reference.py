@@ -223,7 +223,9 @@ def reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict
             return L.sft_loss(logits, be.asarray(mb["labels"]), num_items_in_batch=denominator), {}
         if kind == "dpo":
             loss, stats = _dpo.dpo_micro_step(model, batch, pad, beta, float(tc["label_smoothing"]), denominator)
-            with no_grad():  # the step's log-probs again, for the record of step 1 and the tie diagnostic
+            if "logps" in first and diagnostics is None:
+                return loss, stats
+            with no_grad():  # the step's log-probs again, only for the record of step 1 and the tie diagnostic
                 pc, pr = (to_numpy(x.numpy()) for x in _dpo.pair_logps(model, batch, pad))
             rc, rr = (host_np.asarray([e[k] for e in batch]) for k in ("ref_chosen", "ref_rejected"))
             if "logps" not in first:
@@ -232,7 +234,9 @@ def reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict
             gaps.append(float(host_np.abs(beta * (pc - rc) - beta * (pr - rr)).min()))
             return loss, stats
         loss, stats = _reward.reward_micro_step(model, batch, pad, denominator)
-        with no_grad():
+        if "scores" in first and diagnostics is None:
+            return loss, stats
+        with no_grad():  # the scores again, only for the record of step 1 and the tie diagnostic
             c, r = (to_numpy(x.numpy()) for x in _reward._pair_scores(model, batch, pad))
         if "scores" not in first:
             first["scores"] = {"chosen": c.copy(), "rejected": r.copy()}
