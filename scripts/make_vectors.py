@@ -11,6 +11,10 @@ significant digits). Run from the repository root:
     python scripts/make_vectors.py            # rewrite spec/vectors/
     python scripts/make_vectors.py --check    # exit 1 if the committed vectors disagree with the code
 
+A file whose numbers agree with the code (within diff()'s tolerance) is kept byte for byte, so that its
+sha256 in manifest.json — which the conformance runner verifies with the spec version and case count
+of every file before it calls an adapter — changes only when a number does.
+
 It also writes the end-to-end trainer vectors trainer_{sft,dpo,reward}.json: a tiny float64 GPT-2 with
 explicit initial weights (Python random again), records, their collated micro-batches and the explicit
 step schedule (= the order the real trainers use for the stated seed), and the expected numbers of
@@ -24,6 +28,7 @@ with a tight tolerance — for the trainer vectors' expected values, the cases' 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -516,9 +521,10 @@ FILES = (
 INTRODUCED = "1.0"
 
 
-def build(seed: int = SEED) -> dict:
+def build(seed: int = SEED, keep=OUT_DIR) -> dict:
     """{file name: JSON object} for every vector file and manifest.json, computed in memory (the spec 1.1
-    RL files come from scripts/make_rl_vectors.py and are listed in the same manifest)."""
+    RL files come from scripts/make_rl_vectors.py and are listed in the same manifest). The manifest
+    records each file's spec version and the sha256 of its text as `file_texts(files, keep)` gives it."""
     out, entries = {}, []
     for function, builder, section in FILES:
         rng = random.Random(f"{seed}:{function}")
@@ -540,9 +546,9 @@ def build(seed: int = SEED) -> dict:
             "grad_checks": sum(1 for c in cases if "grad" in c),
             "error_checks": sum(1 for c in cases if "expect_error" in c),
         })
-    if str(Path(__file__).resolve().parent) not in sys.path:  # the spec 1.1 RL files: same folder
+    if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path (tests): find the sibling
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import make_rl_vectors  # noqa: E402 (it imports this module's helpers)
+    import make_rl_vectors  # the spec 1.1 RL files (same folder; imports this module)
 
     rl_files = make_rl_vectors.build()
     out.update(rl_files)
@@ -560,6 +566,10 @@ def build(seed: int = SEED) -> dict:
             "cases": cases,
         }
         trainer_entries.append({"file": fname, "trainer": kind, "section": section, "cases": len(cases)})
+    texts = file_texts(out, keep)
+    for e in entries + trainer_entries:  # what the runner verifies before it calls an adapter (codec.load_vectors)
+        e["spec_version"] = out[e["file"]]["spec_version"]
+        e["sha256"] = hashlib.sha256(texts[e["file"]].encode("utf-8")).hexdigest()
     out["manifest.json"] = {
         "format": FORMAT,
         "spec_version": SPEC_VERSION,
@@ -582,6 +592,28 @@ def build(seed: int = SEED) -> dict:
             "files": trainer_entries,
         },
     }
+    return out
+
+
+def file_texts(files: dict, keep=None) -> dict:
+    """{file name: text} of every vector file (not the manifest): the text already in `keep` where its
+    numbers agree with the regenerated ones (diff() finds nothing; the trainer files' last bits move with
+    the BLAS build, and a committed file must not change, nor its sha256, when only they do), else the
+    regenerated text."""
+    out = {}
+    for name, obj in files.items():
+        if name == "manifest.json":
+            continue
+        text = dumps(obj)
+        old = Path(keep) / name if keep is not None else None
+        if old is not None and old.is_file():
+            committed = old.read_text(encoding="utf-8")
+            try:
+                if committed == text or not diff(json.loads(committed), json.loads(text)):
+                    text = committed
+            except ValueError:  # not JSON: replaced by the regenerated text
+                pass
+        out[name] = text
     return out
 
 
@@ -692,7 +724,7 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
     ns = p.parse_args(argv)
     out = Path(ns.out)
-    files = build(ns.seed)
+    files = build(ns.seed, keep=out)
     if ns.check:
         problems = []
         for name, obj in files.items():
@@ -707,9 +739,15 @@ def main(argv=None) -> int:
         print("vectors agree with the code" if not problems else f"{len(problems)} difference(s)")
         return 1 if problems else 0
     out.mkdir(parents=True, exist_ok=True)
-    for name, obj in files.items():
-        (out / name).write_text(dumps(obj), encoding="utf-8")
-    print(f"wrote {len(files)} files to {out}")
+    texts = file_texts(files, out)
+    texts["manifest.json"] = dumps(files["manifest.json"])
+    written = 0
+    for name, text in texts.items():
+        path = out / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            written += 1
+    print(f"wrote {written} of {len(texts)} files to {out} (the others agree with the code and are kept as they are)")
     return 0
 
 

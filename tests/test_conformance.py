@@ -9,6 +9,7 @@ What it is not: a check of the vector contents (tests/test_vectors.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -58,7 +59,7 @@ def test_torch_adapter_passes():
     assert not fails, C.format_report(report, "torch", quiet=True)
     # the example adapter implements spec 1.0; the optional 1.1 RL functions SKIP (tests/test_rl_losses_torch.py
     # checks the RL vectors against torch)
-    skipped = {r.detail.split("()")[0].split()[-1] for r in report.rows if r.status == "SKIP"}
+    skipped = {r.detail.split("()")[0].split()[-1].removesuffix("_grad") for r in report.rows if r.status == "SKIP"}
     assert skipped <= {f.name for f in C.PROTOCOL.values() if f.since != "1.0"}, skipped
     # independent code: agreement to rounding, not bit-identity everywhere
     assert max(r.max_abs for r in report.rows if r.max_abs is not None and r.check != "trainer") < 1e-13
@@ -67,29 +68,66 @@ def test_torch_adapter_passes():
     assert len(trainer_rows) == 3 and max(r.max_abs for r in trainer_rows) < 1e-9
 
 
+def _rows(out):
+    """{(case, check): status} of a printed report (continuation lines of FAIL rows skipped)."""
+    body = out.split("detail\n", 1)[1].splitlines()[:-1]
+    return {(ln.split()[1], ln.split()[2]): ln.split()[0] for ln in body if ln[:1] != " "}
+
+
 def test_wrong_adapter_fails_and_names_the_vectors(capsys):
     rc = C.main([str(ROOT / "examples" / "wrong_adapter.py")])
     out = capsys.readouterr().out
     assert rc == 1 and "-> FAIL" in out
-    lines = {ln.split()[1] + " " + ln.split()[2]: ln.split()[0] for ln in out.splitlines()[2:-1]}
-    assert lines["dpo_loss/random_eps0.1_beta0.1 value"] == "FAIL"
-    assert lines["dpo_loss/spec_worked_example value"] == "FAIL"
-    assert lines["dpo_loss/extreme_beta1_eps0.5 value"] == "FAIL"
-    assert lines["dpo_loss/random_eps0.0_beta0.1 value"] == "OK"  # ε = 0 is unaffected by the bug
-    assert lines["dpo_loss/random_eps0.1_beta0.1 grad"] == "SKIP"  # no dpo_loss_grad
-    assert lines["sft_loss/own_count value"] == "OK"
-    assert lines["sft/tiny_gpt2_5_steps trainer"] == "SKIP"  # no run_trainer_vector: it still fails on dpo_loss
-    fail_line = next(ln for ln in out.splitlines() if ln.startswith("FAIL") and "random_eps0.1_beta0.1" in ln)
-    assert "losses: first mismatch" in fail_line
+    lines = _rows(out)
+    assert lines[("dpo_loss/random_eps0.1_beta0.1", "value")] == "FAIL"
+    assert lines[("dpo_loss/spec_worked_example", "value")] == "FAIL"
+    assert lines[("dpo_loss/extreme_beta1_eps0.5", "value")] == "FAIL"
+    assert lines[("dpo_loss/random_eps0.0_beta0.1", "value")] == "OK"  # ε = 0 is unaffected by the bug
+    assert lines[("dpo_loss/random_eps0.1_beta0.1", "grad")] == "SKIP"  # no dpo_loss_grad
+    assert lines[("sft_loss/own_count", "value")] == "OK"
+    assert lines[("sft/tiny_gpt2_5_steps", "trainer")] == "SKIP"  # no run_trainer_vector: it still fails on dpo_loss
+    text = out.splitlines()
+    i = next(k for k, ln in enumerate(text) if ln.startswith("FAIL") and "random_eps0.1_beta0.1" in ln)
+    # the FAIL row cites the section its vector file names; each failing quantity on its own line
+    assert text[i].endswith("spec/losses.md#3-dpo-loss-with-conservative-label-smoothing")
+    assert text[i + 1].lstrip().startswith("- losses: max_abs") and "first mismatch at (0,)" in text[i + 1]
+    assert not text[i + 2].startswith(" ")  # chosen/rejected rewards are right: only `losses` is listed
 
 
 def test_only_filters(capsys):
     assert C.main(["vietnamese_ai_ref.conformance:reference_adapter", "--only", "normalize_scores"]) == 0
     out = capsys.readouterr().out
-    assert "normalize_scores/n1" in out and "dpo_loss" not in out.split("\n", 2)[2]
+    assert "normalize_scores/n1" in out and "dpo_loss" not in out.split("detail\n", 1)[1]
     assert C.main(["examples.wrong_adapter", "--only", "dpo_loss/random_eps0.0*", "--only", "sft_loss"]) == 0
     assert C.main(["examples.wrong_adapter", "--only", "dpo_loss/spec_worked_example"]) == 1
     assert C.main(["vietnamese_ai_ref.conformance:reference_adapter", "--only", "no_such_vector"]) == 2
+    capsys.readouterr()
+
+
+def _selected(*only):
+    return [(r.case, r.check) for r in C.run(_Cheap(), only=list(only)).rows]
+
+
+class _Cheap:
+    """An adapter without functions: every row SKIPs or FAILs at once (the selection is what is tested)."""
+
+
+def test_only_rule_globs_file_names_functions_and_cases():
+    trainers = [("sft/tiny_gpt2_5_steps", "trainer"), ("dpo/tiny_gpt2_5_steps", "trainer"),
+                ("reward/tiny_gpt2_5_steps", "trainer")]
+    assert _selected("trainer_*") == trainers                       # a glob over file stems
+    assert _selected("trainer_*.json") == trainers                  # ... and file names
+    assert _selected("trainer_sft.json") == trainers[:1]            # a file name
+    assert _selected("trainer_sft") == trainers[:1]                 # its stem
+    assert _selected("sft") == trainers[:1]                         # the trainer's name, as a whole name
+    sft_loss = _selected("sft_loss")                                # a function: all its cases and checks
+    assert len(sft_loss) == 7 + 7 + 3 and {c for c, _ in sft_loss} == {c for c, _ in _selected("sft_loss.json")}
+    assert set(_selected("*sft*")) == set(sft_loss) | set(trainers[:1])  # everything SFT
+    assert _selected("sft_loss/own_count") == [("sft_loss/own_count", "value"), ("sft_loss/own_count", "grad")]
+    assert {c for c, _ in _selected("dpo_loss/")} == {c for c, _ in _selected("dpo_loss")}
+    assert _selected("dpo_loss/random_eps0.0*")[0] == ("dpo_loss/random_eps0.0_beta0.1", "value")
+    with pytest.raises(C.UsageError, match="'loss'"):  # never a substring: `loss` names nothing
+        _selected("sft_loss", "loss")
 
 
 def _write_adapter(tmp_path, body, name="adapter_under_test.py"):
@@ -167,18 +205,26 @@ def test_tolerance_override_and_encoding_round_trip():
     assert report.ok
 
 
+def _rehash(vec, manifest):
+    """Record the current sha256 of every listed file (as scripts/make_vectors.py would)."""
+    for e in manifest["files"] + manifest["trainer_vectors"]["files"]:
+        e["sha256"] = hashlib.sha256((vec / e["file"]).read_bytes()).hexdigest()
+    (vec / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_trainer_slot_and_version_check(tmp_path):
     vec = tmp_path / "vectors"
     shutil.copytree(VEC, vec)
     manifest = json.loads((vec / "manifest.json").read_text())
     trainer = {
-        "format": C.TRAINER_FORMAT, "spec_version": manifest["spec_version"], "trainer": "sft",
+        "format": C.TRAINER_FORMAT, "spec_version": "1.0", "trainer": "sft",
         "cases": [{"name": "sft/toy", "inputs": {"x": C.encode_array(np.array([1.0, 2.0]))},
                    "expected": {"loss": 1.5, "grads": {"w": C.encode_array(np.array([0.5, -0.5]))}}}],
     }
     (vec / "trainer_sft.json").write_text(json.dumps(trainer))
-    manifest["trainer_vectors"]["files"] = [{"file": "trainer_sft.json", "trainer": "sft", "cases": 1}]
-    (vec / "manifest.json").write_text(json.dumps(manifest))
+    manifest["trainer_vectors"]["files"] = [{"file": "trainer_sft.json", "trainer": "sft", "cases": 1,
+                                             "spec_version": "1.0"}]
+    _rehash(vec, manifest)
 
     class Good:
         def run_trainer_vector(self, inputs):
@@ -192,6 +238,7 @@ def test_trainer_slot_and_version_check(tmp_path):
     assert _statuses(C.run(Good(), vec, only=["sft/toy"]))[("sft/toy", "trainer")] == "OK"
     bad = C.run(Bad(), vec, only=["sft/toy"])
     assert not bad.ok and "grads.w: missing" in bad.rows[0].detail
+    assert [p[0] for p in bad.rows[0].problems] == ["loss", "grads.w"]  # one failing quantity per entry
     assert _statuses(C.run(C.load_adapter("examples.wrong_adapter"), vec, only=["sft/toy"]))[("sft/toy", "trainer")] == "SKIP"
     # the reference adapter implements run_trainer_vector: a malformed vector is a FAIL, not a crash
     ref = C.run(C.reference_adapter, vec, only=["sft/toy"])
