@@ -243,9 +243,9 @@ class _Run:
             loss, stats = self.micro_step(batch, denominator)
             loss.backward()
             step_loss += loss.item()
-            for k in self.stat_keys:
-                step_stats[k][0] += stats[k][0]
-                step_stats[k][1] += stats[k][1]
+            for k, (total_k, count_k) in stats.items():  # a key it leaves out counts nothing this micro-batch
+                step_stats[k][0] += total_k
+                step_stats[k][1] += count_k
             self.defer.check()  # Ctrl-C: abandon this window; the state is that of the last step
         opt.gather_grads()
         norm = opt.grad_norm()
@@ -338,7 +338,7 @@ def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, 
     warmup_steps, time, stopped, skipped, checkpoint (the last one written, or None), resumed_from.
 
     micro_step(batch, denominator) -> (loss Tensor already divided by `denominator`, stats) where
-    `batch` is a list of examples and stats maps each of `stat_keys` to a (sum, count) pair over it.
+    `batch` is a list of examples and stats maps some of `stat_keys` to a (sum, count) pair over it.
     `denominator` is the total `weight_of` over the optimiser step's whole window of micro-batches.
     evaluate() -> dict of metrics, called after each epoch when given.
     checkpoint: an io.checkpoints.CheckpointOptions (directory, every, keep, resume) or None.
