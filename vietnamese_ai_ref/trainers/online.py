@@ -108,11 +108,17 @@ class RewardSources:
                              f"reward source {self.names}, got {w!r}")
         return [float(x) for x in w]
 
-    def _call(self, i, prompts, completions, columns, where):
-        """Source i's rewards as floats (NaN for None), checked: a list of len(completions) numbers/None."""
+    def _call(self, i, prompts, completions, columns, where, probe=False):
+        """Source i's rewards as floats (NaN for None), checked: a list of len(completions) numbers/None.
+        A probe that the function itself cannot answer (it raises) checks nothing."""
         f, name, n = self.funcs[i], self.names[i], len(completions)
         kw = {k: [c.get(k) for c in columns] for k in sorted({k for c in columns for k in c})}
-        out = f(prompts, completions, **kw)
+        try:
+            out = f(prompts, completions, **kw)
+        except Exception:  # noqa: BLE001 — only the probe forgives: the real call raises as it is
+            if probe:
+                return None
+            raise
         if isinstance(out, (str, bytes)) or not hasattr(out, "__len__") or len(out) != n:
             got = len(out) if hasattr(out, "__len__") and not isinstance(out, (str, bytes)) else repr(out)[:60]
             raise ValueError(f"Hàm thưởng '{name}' phải trả về list {n} phần tử (float hoặc None) {where}, nhận "
@@ -132,9 +138,10 @@ class RewardSources:
 
     def probe(self, prompts, columns):
         """Call every reward function once on the first prompt with an empty completion, before any compute,
-        so that a function returning the wrong length or a non-number fails at once."""
+        so that a function returning the wrong length or a non-number fails at once (a function that raises
+        on that probe is checked at its first real call)."""
         for i in range(len(self.funcs)):
-            self._call(i, prompts[:1], [""], columns[:1], "(kiểm tra trước / probe)")
+            self._call(i, prompts[:1], [""], columns[:1], "(kiểm tra trước / probe)", probe=True)
 
     def score(self, prompts, completions, columns, step):
         """(R (B,), per-source rewards (n_sources, B)) as host float64 arrays; NaN = no reward."""
