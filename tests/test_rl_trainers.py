@@ -417,3 +417,40 @@ def test_bad_sources_and_references_fail_before_any_compute(monkeypatch):
     with pytest.raises(ValueError, match="max_completion_length"):
         GRPOTrainer(kich_thuoc_batch=2, num_generations=2, max_completion_length=95).huan_luyen(
             m, PROMPTS, ham_thuong=letters)
+
+
+@pytest.mark.parametrize("kw", [dict(loss_type="grpo"), dict(loss_type="bnpo"), dict(loss_type="dr_grpo"),
+                                dict(importance_sampling_level="sequence", delta=2.0, epsilon_high=0.28),
+                                dict(scale_rewards="batch", mask_truncated_completions=True),
+                                dict(top_k=5, top_p=0.9, temperature=0.8)])
+def test_grpo_options_match_the_spec_loss(kw, monkeypatch):
+    """Every option reaches grpo_loss: the first step's loss equals the spec function on the same rollout."""
+    from vietnamese_ai_ref import losses
+
+    calls = []
+    real = losses.grpo_loss
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append((k, float(out.item())))
+        return out
+
+    monkeypatch.setattr(losses, "grpo_loss", spy)
+    with use_backend("numpy", "float64"):
+        tr = GRPOTrainer(kich_thuoc_batch=4, num_generations=2, gradient_accumulation=2, max_completion_length=6,
+                         logging_steps=1, toc_do_hoc=1e-3, **kw)
+        r = tr.huan_luyen(tiny(), [f"p{i}" for i in range(4)], ham_thuong=letters)
+    assert r["global_step"] == 1 and len(calls) == 2
+    for k, _ in calls:
+        for name in ("loss_type", "importance_sampling_level", "delta", "epsilon_high"):
+            if name in kw:
+                assert k[name] == kw[name]
+        assert k["num_accumulation_steps"] == 2 and k["max_completion_length"] == 6
+    assert calls[0][0]["num_items_in_batch"] == calls[1][0]["num_items_in_batch"]  # the step's token count
+    assert r["history"]["train_loss"][0] == pytest.approx(calls[0][1] + calls[1][1], rel=1e-12)
+    h = r["history"]
+    if kw.get("mask_truncated_completions") and h["completions/clipped_ratio"][0] == 1.0:
+        # no row ended with EOS: every mask is 0, the loss is 0 and no token statistic exists
+        assert h["train_loss"][0] == 0.0 and math.isnan(h["entropy"][0])
+    else:
+        assert all(math.isfinite(v[0]) for key, v in h.items() if not key.startswith("rewards/"))
