@@ -4,7 +4,7 @@ kill itself with SIGKILL at a chosen point, and resumes from the newest checkpoi
     python tests/_resume_worker.py KIND OUT [--ckpt DIR] [--kill-after-step N] [--kill-phase PHASE:STEP]
                                             [--announce] [--slow SECONDS]
 
-KIND: sft | dpo | reward. OUT: where the finished run writes weights.npz and result.json.
+KIND: sft | dpo | reward | grpo. OUT: where the finished run writes weights.npz and result.json.
 --kill-after-step N: SIGKILL right after AdamW's N-th update, before the loop records the step.
 --kill-phase PHASE:STEP: SIGKILL inside the checkpoint write of STEP at PHASE (model, optimizer,
 state, renamed, pruned; see checkpointing._write_hook).
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from vietnamese_ai_ref import DPOTrainer, RewardModel, SFTTrainer
+from vietnamese_ai_ref import DPOTrainer, GRPOTrainer, RewardModel, SFTTrainer
 from vietnamese_ai_ref.core import optim
 from vietnamese_ai_ref.io import checkpoints as checkpointing
 from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
@@ -31,6 +31,13 @@ from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 SFT_DATA = [{"instruction": f"Tính {a} + {b}", "output": f"{a + b}."} for a in range(4) for b in range(4)]
 PREF = [{"prompt": f"Tính {a} + {b}", "chosen": f"Dạ, {a + b} ạ.", "rejected": "Không biết."}
         for a in range(4) for b in range(3)]
+PROMPTS = [f"Tính {a} + {b}" for a in range(4) for b in range(3)]
+
+
+def letters(prompts, completions, **kw):
+    return [sum("a" <= ch <= "z" for ch in c) / max(1, len(c)) for c in completions]
+
+
 RM_DATA = [{"chosen": p["chosen"], "rejected": p["rejected"], "margin": 0.5 * (i % 3)} for i, p in enumerate(PREF)]
 
 
@@ -47,7 +54,7 @@ def kill():
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["sft", "dpo", "reward"])
+    p.add_argument("kind", choices=["sft", "dpo", "reward", "grpo"])
     p.add_argument("out")
     p.add_argument("--ckpt", default=None)
     p.add_argument("--kill-after-step", type=int, default=None)
@@ -89,6 +96,10 @@ def main(argv=None):
         tr = DPOTrainer(so_vong=2, kich_thuoc_batch=2, toc_do_hoc=1e-3, gradient_accumulation=1, logging_steps=1,
                         warmup_ratio=0.1)
         r = tr.huan_luyen(model, None, PREF, luu_moi=4 if ck else None, **ck)
+    elif a.kind == "grpo":  # sampling RNG, the reference (a copy of the initial model) and dropout
+        tr = GRPOTrainer(so_vong=2, kich_thuoc_batch=4, num_generations=2, toc_do_hoc=1e-2, beta=0.05,
+                         max_completion_length=6, logging_steps=2, seed=7, warmup_ratio=0.1)
+        r = tr.huan_luyen(model, PROMPTS, ham_thuong=letters, luu_moi=3 if ck else None, **ck)
     else:
         tr = RewardModel(toc_do_hoc=1e-3, kich_thuoc_batch=3, logging_steps=2, warmup_ratio=0.2)
         r = tr.huan_luyen(model, RM_DATA, so_vong=2, luu_moi=3 if ck else None, **ck)

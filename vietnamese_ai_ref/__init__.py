@@ -1,6 +1,7 @@
 """vietnamese_ai_ref: the reference implementation of the vietnamese_ai alignment toolkit.
 
-What it is for: the seeds' public API (SFTTrainer, DPOTrainer, RewardModel, RLHFPipeline) over a
+What it is for: the seeds' public API (SFTTrainer, DPOTrainer, RewardModel, RLHFPipeline; and the online-RL
+GRPOTrainer, RLOOTrainer, OnlineDPOTrainer) over a
 minimal NumPy/CuPy autograd and small GPT-2 / Llama-family transformers, computing exactly what
 spec/ says (spec version `SPEC_VERSION`).
 What it is not: a fast production trainer; torch is never imported at run time.
@@ -11,6 +12,9 @@ from ._version import SPEC_VERSION, __version__
 from .core.autograd import Tensor, no_grad, tensor
 from .backends import get_backend, set_backend, use_backend
 from .trainers.dpo import DPOTrainer
+from .trainers.grpo import GRPOTrainer
+from .trainers.online_dpo import OnlineDPOTrainer
+from .trainers.rloo import RLOOTrainer
 from .core.gradcheck import GradcheckError, gradcheck
 from .io.api import luu_mo_hinh, tai_mo_hinh
 from .io.hf import from_pretrained, save_pretrained
@@ -27,6 +31,8 @@ from .core.errors import NonFiniteError
 __all__ = [
     # the seeds' API
     "SFTTrainer", "DPOTrainer", "RewardModel", "RLHFPipeline",
+    # online RL with a reward in the loop (spec/rl.md)
+    "GRPOTrainer", "RLOOTrainer", "OnlineDPOTrainer",
     # models, tokenizer, Hugging Face folders
     "TransformerLM", "GPTConfig", "LlamaLM", "LlamaConfig", "ByteTokenizer",
     "from_pretrained", "save_pretrained", "tai_mo_hinh", "luu_mo_hinh",

@@ -15,7 +15,8 @@ Checkpoint bookkeeping (the run identity, the dropout RNG of the last committed 
 checkpoints are on.
 
 What it is not: a trainer. It knows nothing of tokens, pairs or rewards; SFT/DPO/RM supply
-`micro_step(batch, denominator) -> (loss, stats)` and `weight_of(example)`.
+`micro_step(batch, denominator) -> (loss, stats)` and `weight_of(example)`; the online-RL trainers add
+`prepare_window(window, step)`, which turns a window of prompts into one of scored completions.
 """
 
 from __future__ import annotations
@@ -163,12 +164,13 @@ class _Run:
     """One call of `run_loop`: the settings, the model and optimiser, the state, and the step."""
 
     def __init__(self, *, model, examples, settings, micro_step, weight_of, stat_keys, callback, evaluate,
-                 checkpoint, skip_nonfinite, extra_state, schedule, on_step, warmup_steps):
+                 checkpoint, skip_nonfinite, extra_state, schedule, on_step, warmup_steps, prepare_window=None):
         self.t0 = time.perf_counter()
         self.model, self.examples, self.s = model, examples, settings
         self.micro_step, self.weight_of, self.stat_keys = micro_step, weight_of, tuple(stat_keys)
         self.callback, self.evaluate, self.skip_nonfinite = callback, evaluate, skip_nonfinite
         self.extra_state, self.schedule, self.on_step = extra_state, schedule, on_step
+        self.prepare_window = prepare_window
         if schedule is None:
             _, _, self.total, self.warmup = plan_steps(len(examples), settings)
         else:
@@ -230,19 +232,24 @@ class _Run:
         """One optimiser step over `window`; `st` changes only at the commit at its end."""
         st, opt = self.st, self.opt
         xp = get_backend().xp
+        step_stats = {k: [0.0, 0] for k in self.stat_keys}
+        if self.prepare_window is not None:  # e.g. the RL trainers' rollout: prompts in, completions out
+            window, window_stats = self.prepare_window(window, st.global_step)
+            for k, (total_k, count_k) in window_stats.items():
+                step_stats[k][0] += total_k
+                step_stats[k][1] += count_k
         denominator = sum(self.weight_of(e) for mb in window for e in mb)
         opt.zero_grad()
         # the step's loss is summed on the device in float64 (what adding loss.item() floats would give,
         # addition for addition) and read once per step: no device sync per micro-batch
         loss_sum = xp.zeros((), dtype=xp.float64)
-        step_stats = {k: [0.0, 0] for k in self.stat_keys}
         for batch in window:
             loss, stats = self.micro_step(batch, denominator)
             loss.backward()
             loss_sum += loss.data.astype(xp.float64)
-            for k in self.stat_keys:
-                step_stats[k][0] += stats[k][0]
-                step_stats[k][1] += stats[k][1]
+            for k, (total_k, count_k) in stats.items():  # a key it leaves out counts nothing this micro-batch
+                step_stats[k][0] += total_k
+                step_stats[k][1] += count_k
             self.defer.check()  # Ctrl-C: abandon this window; the state is that of the last step
         step_loss = float(loss_sum)
         opt.gather_grads()
@@ -331,12 +338,12 @@ class _Run:
 
 def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, stat_keys=(),
              callback=None, evaluate=None, checkpoint=None, skip_nonfinite=False, extra_state=None,
-             schedule=None, on_step=None, warmup_steps=None) -> dict:
+             schedule=None, on_step=None, warmup_steps=None, prepare_window=None) -> dict:
     """Train `model` on `examples`. Returns a dict: history, global_step, epochs_done, total_steps,
     warmup_steps, time, stopped, skipped, checkpoint (the last one written, or None), resumed_from.
 
     micro_step(batch, denominator) -> (loss Tensor already divided by `denominator`, stats) where
-    `batch` is a list of examples and stats maps each of `stat_keys` to a (sum, count) pair over it.
+    `batch` is a list of examples and stats maps some of `stat_keys` to a (sum, count) pair over it.
     `denominator` is the total `weight_of` over the optimiser step's whole window of micro-batches.
     evaluate() -> dict of metrics, called after each epoch when given.
     checkpoint: an io.checkpoints.CheckpointOptions (directory, every, keep, resume) or None.
@@ -347,8 +354,13 @@ def run_loop(*, model, examples, settings: LoopSettings, micro_step, weight_of, 
     on_step(step, opt, grad_norm): called after the gradient norm of each step, before clipping (the
     conformance reference reads the step-1 gradients there). warmup_steps: overrides the warm-up the
     settings imply (a trainer vector states its own).
+    prepare_window(window, step) -> (window, stats): called at the start of each optimiser step with its
+    window and the 0-based step index (global_step before the step); the window it returns (lists of
+    examples again) is what `weight_of` and `micro_step` see, and `stats` ((sum, count) pairs of some of
+    `stat_keys`) join the step's statistics. The online-RL trainers sample and score their rollout here
+    (the step index numbers the rollout, so a resumed run draws the same tokens).
     """
     return _Run(model=model, examples=examples, settings=settings, micro_step=micro_step, weight_of=weight_of,
                 stat_keys=stat_keys, callback=callback, evaluate=evaluate, checkpoint=checkpoint,
                 skip_nonfinite=skip_nonfinite, extra_state=extra_state, schedule=schedule, on_step=on_step,
-                warmup_steps=warmup_steps)()
+                warmup_steps=warmup_steps, prepare_window=prepare_window)()

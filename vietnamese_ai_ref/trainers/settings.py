@@ -123,9 +123,53 @@ SETTING_RULES = {
     "max_seq_length": lambda n, v: check_int(n, v, minimum=2),
     "logging_steps": lambda n, v: check_int(n, v),
     "seed": lambda n, v: check_int(n, v, minimum=0),
+    # the online-RL trainers (spec/rl.md; GRPOTrainer, RLOOTrainer, OnlineDPOTrainer)
+    "num_generations": lambda n, v: check_int(n, v, minimum=2),
+    "beta_kl": lambda n, v: check_float(n, v, low=0.0),  # β ≥ 0: 0 = no reference model
+    "epsilon": lambda n, v: check_float(n, v, low=0.0, low_open=True),
+    "optional_positive": lambda n, v: None if v is None else check_float(n, v, low=0.0, low_open=True),
+    "optional_non_negative": lambda n, v: None if v is None else check_float(n, v, low=0.0),
+    "max_completion_length": lambda n, v: check_int(n, v),
+    "temperature": lambda n, v: check_float(n, v, low=0.0, low_open=True),
+    "top_k": lambda n, v: check_int(n, v, minimum=0),
+    "top_p": lambda n, v: check_float(n, v, low=0.0, high=1.0, low_open=True),
+    "flag": lambda n, v: check_bool(n, v),
+    "loss_type": lambda n, v: check_choice(n, v, ("grpo", "bnpo", "dr_grpo", "dapo")),
+    "scale_rewards": lambda n, v: check_choice(n, v, ("group", "batch", "none")),
+    "importance_sampling_level": lambda n, v: check_choice(n, v, ("token", "sequence")),
+    "reward_clip_range": lambda n, v: check_range(n, v),
 }
 
 
-def checked(name: str, value):
-    """`value` of the trainer setting `name` after its rule in SETTING_RULES (raises if it is bad)."""
-    return SETTING_RULES[name](name, value)
+def check_choice(name, v, options):
+    if not isinstance(v, str) or v not in options:
+        raise _bad(name, f"một trong {', '.join(options)}", f"one of {options}", v)
+    return v
+
+
+def check_range(name, v):
+    """None, or a pair (low, high) of finite numbers with low ≤ high (returned as a list)."""
+    if v is None:
+        return None
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+    if not ok or v[0] > v[1]:
+        raise _bad(name, "None hoặc cặp (thấp, cao) hữu hạn với thấp ≤ cao",
+                   "None or a pair (low, high) of finite numbers with low <= high", v)
+    return [float(v[0]), float(v[1])]
+
+
+def check_divisible(batch_name, batch, group_name, group):
+    """The batch (in completions) must hold whole groups of `group` completions (TRL issue #3061)."""
+    if batch % group:
+        raise SettingError(
+            f"Tham số '{batch_name}' ({batch}) phải chia hết cho '{group_name}' ({group}): mỗi prompt sinh "
+            f"{group} completion trong cùng một batch / '{batch_name}' = {batch} must be divisible by "
+            f"'{group_name}' = {group} (the batch counts completions, {group} per prompt)"
+        )
+
+
+def checked(name: str, value, rule: str | None = None):
+    """`value` of the trainer setting `name` after its rule in SETTING_RULES (`rule`, default `name`;
+    raises if it is bad, naming `name`)."""
+    return SETTING_RULES[rule or name](name, value)
