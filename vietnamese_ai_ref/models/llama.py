@@ -305,8 +305,7 @@ class LlamaLM(CausalLM):
         cos, sin = rope_cos_sin(cfg, xp.arange(T))  # (T, hd): right padding keeps true positions
         masks = self._masks(xp, xp.zeros(B, dtype=xp.int64), n_real, T, T)
         x = ag.embedding(p["model.embed_tokens.weight"], ids)  # (B, T, d)
-        for i in range(cfg.num_hidden_layers):
-            x = self._layer(i, x, masks[cfg.layer_types[i]], cos, sin)
+        x = self._blocks(x, lambda i, t: self._layer(i, t, masks[cfg.layer_types[i]], cos, sin))
         return rms_norm(x, p["model.norm.weight"], cfg.rms_norm_eps)
 
     def decode(self, ids, n_new, cache: KVCache) -> Tensor:
@@ -337,8 +336,9 @@ class LlamaLM(CausalLM):
         return x
 
     def _proj(self, name: str, x: Tensor) -> Tensor:
+        """nn.Linear projection `name` (x @ W.T + b), plus its LoRA adapter when it has one (base._proj_out)."""
         p = self._params
-        return linear(x, p[name + ".weight"], p.get(name + ".bias"))
+        return self._proj_out(name, x, linear(x, p[name + ".weight"], p.get(name + ".bias")))
 
     def _attn(self, i: int, x: Tensor, blocked, cos, sin, cache: KVCache | None = None, slots=None) -> Tensor:
         """Grouped-query causal self-attention: H query heads share KV heads in groups of H // KV.
