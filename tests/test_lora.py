@@ -235,9 +235,10 @@ def _grads(model, upstream):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_recompute_gives_identical_gradients(family, lora):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_recompute_gives_identical_gradients(family, lora, dtype):
     drop = dict(resid_pdrop=0.1, attn_pdrop=0.1, embd_pdrop=0.1) if family == "gpt2" else dict(attention_dropout=0.1)
-    with use_backend(dtype="float64"):
+    with use_backend(dtype=dtype):
         model = make(family, **drop).train()
         if lora:
             them_lora(model, r=2, lora_alpha=4, target_modules=ALL[family], lora_dropout=0.2)

@@ -48,7 +48,7 @@ def recompute(fn, x: Tensor, *, needs_grad: bool, get_state=None, set_state=None
         if set_state is not None:
             set_state(end)
         if yi.requires_grad:
-            yi.backward(g)
+            yi.backward(Tensor(g))  # a Tensor: backward takes its array as it is (no cast to y's dtype)
         return (xi.grad,)
 
     out = Tensor(y.data, requires_grad=True)
