@@ -27,7 +27,8 @@ from vietnamese_ai_ref.io.hf import save_pretrained
 from vietnamese_ai_ref.io.peft import luu_adapter, tai_adapter
 from vietnamese_ai_ref.models.gpt2 import GPTConfig, TransformerLM
 from vietnamese_ai_ref.models.llama import LlamaConfig, LlamaLM
-from vietnamese_ai_ref.models.lora import LoraConfig, hop_nhat_lora, them_lora
+from vietnamese_ai_ref.core.fused import linear, linear_in_out, lora_linear
+from vietnamese_ai_ref.models.lora import hop_nhat_lora, them_lora
 
 IDS = np.array([[5, 17, 200, 33, 9, 100], [7, 8, 9, 61, 0, 0]])
 MASK = (np.arange(6)[None, :] < np.array([[6], [4]])).astype(np.int64)
@@ -111,6 +112,32 @@ def test_adapter_gradients_by_finite_differences(family):
 
         inputs = [Tensor(getattr(pair, side).data.copy(), requires_grad=True) for pair, side in slots]
         assert gradcheck(logits_times_upstream, inputs)["checked"] > 0
+
+
+@pytest.mark.parametrize("in_out", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("separate", [False, True])
+def test_fused_lora_linear_equals_the_composition_and_gradchecks(in_out, bias, separate):
+    with use_backend(dtype="float64"):
+        rng = np.random.default_rng(11)
+        t = lambda *shape: Tensor(rng.standard_normal(shape), requires_grad=True)  # noqa: E731
+        x, A, B = t(2, 3, 5), t(2, 5), t(4, 2)
+        w = t(5, 4) if in_out else t(4, 5)
+        b = t(4) if bias else None
+        xd = t(2, 3, 5) if separate else None
+        up = Tensor(rng.standard_normal((2, 3, 4)))
+        base = (linear_in_out if in_out else linear)(x, w, b)
+        composed = base + linear(linear(xd if separate else x, A) * 0.7, B)
+        fused = lora_linear(x, w, b, A, B, 0.7, dropped=xd, in_out=in_out)
+        np.testing.assert_allclose(fused.numpy(), composed.numpy(), rtol=1e-13, atol=1e-13)
+        inputs = [x, w, A, B] + ([b] if bias else []) + ([xd] if separate else [])
+
+        def fn(x, w, A, B, *rest):
+            rest = list(rest)
+            bb = rest.pop(0) if bias else None
+            return lora_linear(x, w, bb, A, B, 0.7, dropped=rest.pop(0) if separate else None, in_out=in_out) * up
+
+        assert gradcheck(fn, inputs)["checked"] > 0
 
 
 def _trained(model, kind):

@@ -18,8 +18,8 @@ allocates a cache; `decode(ids (B, S), n_new (B,), cache) -> h (B, S, d)` runs S
 after `cache.lengths` and advances the cache; `logits_at(h, index (B,)) -> (B, V)` reads the LM logits
 at one position per row. `prefill` is `decode` on an empty cache.
 
-Adapters and recompute (the hooks the families call): `_proj_out(name, x, y)` adds the LoRA adapter of
-projection `name` (models/lora.py) to its base output y, unchanged when there is none or adapters are
+Adapters and recompute (the hooks the families call): `_projection(name, x, in_out)` computes projection
+`name` with its LoRA adapter (models/lora.py) in one fused node, the plain ops when there is none or adapters are
 switched off (`disable_adapters()`); `_blocks(x, block)` runs the transformer blocks, each through
 activation recompute (core/recompute.py) after `gradient_checkpointing_enable()` in training mode.
 `named_parameters()` lists the base parameters then the adapters'; frozen ones have requires_grad False.
@@ -40,10 +40,10 @@ from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Parameter, Tensor
 from ..core.errors import CheckpointError
-from ..core.fused import linear
+from ..core.fused import linear, linear_in_out, lora_linear
 from ..core.recompute import recompute
 from ..text.tokenizer import ByteTokenizer
-from .lora import LoraPair, lora_delta
+from .lora import LoraPair
 
 __all__ = ["CausalLM", "assign_arrays", "register_folder_io"]
 
@@ -234,14 +234,18 @@ class CausalLM:
         finally:
             self._adapters_on = prev
 
-    def _proj_out(self, name: str, x: Tensor, y: Tensor) -> Tensor:
-        """y (the base projection of x) plus the adapter of projection `name`, when it has one and
-        adapters are on; y itself otherwise (the plain model's path, unchanged)."""
+    def _projection(self, name: str, x: Tensor, in_out: bool) -> Tensor:
+        """Projection `name` of x: nn.Linear's x @ W.T + b, or GPT-2's Conv1D x @ W + b (`in_out`), plus its
+        LoRA adapter (one fused node, core/fused.lora_linear) when it has one and adapters are on; the
+        plain model's ops otherwise (unchanged)."""
+        p = self._params
+        w, b = p[name + ".weight"], p.get(name + ".bias")
         pair = self._lora.get(name) if self._adapters_on else None
         if pair is None:
-            return y
+            return linear_in_out(x, w, b) if in_out else linear(x, w, b)
         cfg = self.lora_config
-        return y + lora_delta(self._dropout(x, cfg.lora_dropout), pair, cfg.scale)
+        dropped = self._dropout(x, cfg.lora_dropout) if self.training and cfg.lora_dropout > 0 else None
+        return lora_linear(x, w, b, pair.A, pair.B, cfg.scale, dropped=dropped, in_out=in_out)
 
     # -- activation recompute ----------------------------------------------------------------
     def gradient_checkpointing_enable(self) -> "CausalLM":

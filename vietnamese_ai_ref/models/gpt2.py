@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
-from ..core.fused import causal_attention, linear_in_out
+from ..core.fused import causal_attention
 from .base import CausalLM
 from .kv_cache import KVCache, blocked_keys
 
@@ -237,6 +237,5 @@ class TransformerLM(CausalLM):
         return self._dropout(x, self.config.resid_pdrop)
 
     def _proj(self, name: str, x: Tensor) -> Tensor:
-        """Conv1D projection `name` (x @ W + b), plus its LoRA adapter when it has one (base._proj_out)."""
-        p = self._params
-        return self._proj_out(name, x, linear_in_out(x, p[name + ".weight"], p[name + ".bias"]))
+        """Conv1D projection `name` (x @ W + b), plus its LoRA adapter when it has one (base._projection)."""
+        return self._projection(name, x, in_out=True)

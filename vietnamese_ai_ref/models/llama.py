@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
-from ..core.fused import apply_rotary, linear, rms_norm, silu
+from ..core.fused import apply_rotary, rms_norm, silu
 from .base import CausalLM
 from .kv_cache import KVCache, blocked_keys
 from .rope import rope_inv_freq
@@ -336,9 +336,8 @@ class LlamaLM(CausalLM):
         return x
 
     def _proj(self, name: str, x: Tensor) -> Tensor:
-        """nn.Linear projection `name` (x @ W.T + b), plus its LoRA adapter when it has one (base._proj_out)."""
-        p = self._params
-        return self._proj_out(name, x, linear(x, p[name + ".weight"], p.get(name + ".bias")))
+        """nn.Linear projection `name` (x @ W.T + b), plus its LoRA adapter when it has one (base._projection)."""
+        return self._projection(name, x, in_out=False)
 
     def _attn(self, i: int, x: Tensor, blocked, cos, sin, cache: KVCache | None = None, slots=None) -> Tensor:
         """Grouped-query causal self-attention: H query heads share KV heads in groups of H // KV.

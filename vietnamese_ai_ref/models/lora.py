@@ -2,8 +2,7 @@
 
 What it is for: `LoraConfig` (PEFT's `LoraConfig` field names: r, lora_alpha, lora_dropout,
 target_modules, use_rslora), `them_lora` / `add_lora` (PEFT's `get_peft_model`: attach adapters in
-place, freeze every base parameter), `hop_nhat_lora` / `merge_lora` (PEFT's `merge_and_unload`) and the
-adapter forward the models call from their projections. A projection named `name` (its Hugging Face
+place, freeze every base parameter), `hop_nhat_lora` / `merge_lora` (PEFT's `merge_and_unload`). A projection named `name` (its Hugging Face
 module name: `model.layers.0.self_attn.q_proj`, `h.0.attn.c_attn`, ...) with an adapter computes
 
     y = base(x) + (dropout(x) @ A.T @ B.T) · scale,     A (r, in), B (out, r), scale = alpha / r
@@ -21,7 +20,7 @@ PEFT's `modules_to_save` for sequence classification. `model.disable_adapters()`
 the base alone: DPO's reference without a second copy of the model.
 
 What it is not: file I/O (the PEFT folder `adapter_config.json` + `adapter_model.safetensors` is
-io/peft.py's), several named adapters at once, or LoRA on embeddings, heads or norms.
+io/peft.py's), the fused forward (core/fused.lora_linear), several named adapters at once, or LoRA on embeddings, heads or norms.
 """
 
 from __future__ import annotations
@@ -31,11 +30,10 @@ import math
 from dataclasses import dataclass
 
 from ..backends import get_backend
-from ..core.autograd import Parameter, Tensor
-from ..core.fused import linear
+from ..core.autograd import Parameter
 
 __all__ = ["LoraConfig", "LoraPair", "them_lora", "add_lora", "attach", "hop_nhat_lora", "merge_lora", "projection_names",
-           "lora_delta", "pair_shapes", "PROJECTIONS", "DEFAULT_TARGETS"]
+           "pair_shapes", "PROJECTIONS", "DEFAULT_TARGETS"]
 
 #: the projections an adapter may sit on, per family (Hugging Face module names, last component)
 PROJECTIONS = {
@@ -204,10 +202,3 @@ def hop_nhat_lora(model):
 
 
 merge_lora = hop_nhat_lora
-
-
-def lora_delta(x: Tensor, pair: LoraPair, scale: float) -> Tensor:
-    """The adapter's contribution (..., out) for its input x (..., in), already through the adapter's
-    dropout: (x @ A.T · scale) @ B.T. The scale multiplies the narrow (..., r) activation: PEFT's
-    `lora_B(lora_A(x)) * scaling` up to rounding."""
-    return linear(linear(x, pair.A) * scale, pair.B)  # (..., r) -> (..., out)
