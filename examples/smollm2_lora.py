@@ -9,8 +9,9 @@ time). Stages, all on the bundled Vietnamese data (vietnamese_ai_ref/data):
   2. a reward model: a copy of the SFT model with its own adapters and a score head;
   3. DPO with new adapters; the reference is the SFT model itself with the adapters switched off
      (`ref_model=None`: no second copy in memory);
-  4. the answers again, the reward model's scores of both sets of answers, the DPO adapter saved in
-     PEFT's layout, the merged model saved as a transformers folder and as a GGUF file.
+  4. the answers again, the reward model's scores of the three sets of answers, the DPO adapter saved
+     in PEFT's layout (its base, the SFT model, in sft_merged/), the merged model saved as a
+     transformers folder and as a GGUF file.
 
     python examples/smollm2_lora.py --quick          # CI-sized: a few steps, sequences ≤ 128 tokens
     python examples/smollm2_lora.py                  # the run whose figures docs/lora-smollm2.md reports
@@ -116,12 +117,14 @@ def run(args) -> dict:
     S = SETTINGS["quick" if args.quick else "full"]
     data = load_demo_data()
     path = args.gguf or find_gguf()
+    os.makedirs(args.out, exist_ok=True)
     model = tai_mo_hinh(path)
     log("0 Tải / load", t0, f"{os.path.basename(path)}: {model}")
     prompts = list(dict.fromkeys(r["prompt"] for r in data["pref_heldout"]))[:S["prompts"]]
     before = answers(model, prompts, S["new_tokens"])
 
     r_sft = stage_sft(model, data, S, t0, args.recompute)
+    luu_mo_hinh(model, os.path.join(args.out, "sft_merged"))  # the base of the DPO adapter saved below
     rm, rm_net, r_rm, rm_acc = stage_reward(model, data, S, t0, args.recompute)
     sft_answers = answers(model, prompts, S["new_tokens"])
     r_dpo = stage_dpo(model, data, S, t0, args.recompute)
@@ -129,8 +132,7 @@ def run(args) -> dict:
     score = {k: rm.cham_diem_cap(rm_net, prompts, v) for k, v in
              (("before", before), ("sft", sft_answers), ("after", after))}
 
-    os.makedirs(args.out, exist_ok=True)
-    luu_adapter(model, os.path.join(args.out, "dpo_adapter"))  # PEFT's layout: PeftModel.from_pretrained reads it
+    luu_adapter(model, os.path.join(args.out, "dpo_adapter"))  # PEFT's layout, on top of sft_merged/
     hop_nhat_lora(model)
     luu_mo_hinh(model, os.path.join(args.out, "merged"))  # a transformers folder
     luu_mo_hinh(model, os.path.join(args.out, "smollm2-135m-vi.gguf"), dtype="F16")  # llama.cpp, ollama
@@ -160,7 +162,8 @@ def report(s, out):
     print(f"\nĐiểm reward model trung bình / mean reward-model score: trước/before {m['before']:+.3f}, "
           f"sau SFT/after SFT {m['sft']:+.3f}, sau DPO/after DPO {m['after']:+.3f}")
     print(f"Thời gian / wall time: {s['seconds']:.0f} s; bộ nhớ đỉnh / peak RSS: {s['peak_rss_mb']:.0f} MB")
-    print(f"Kết quả / outputs in {out}: summary.json, dpo_adapter/, merged/, smollm2-135m-vi.gguf")
+    print(f"Kết quả / outputs in {out}: summary.json, sft_merged/, dpo_adapter/ (PEFT, on sft_merged/), merged/, "
+          f"smollm2-135m-vi.gguf")
 
 
 def main(argv=None):
