@@ -191,6 +191,24 @@ def test_lora_dpo_disabled_adapter_reference_equals_a_frozen_copy(family):
             np.testing.assert_array_equal(p.numpy(), b.named_parameters()[n].numpy(), err_msg=n)
 
 
+def test_pipeline_with_lora_uses_the_sft_policy_as_reference():
+    from vietnamese_ai_ref import RLHFPipeline
+
+    with use_backend(dtype="float64"):
+        cfg = dict(sft_config=dict(so_vong=1, kich_thuoc_batch=2, toc_do_hoc=1e-2, gradient_accumulation=1),
+                   dpo_config=dict(so_vong=1, kich_thuoc_batch=2, toc_do_hoc=1e-2, gradient_accumulation=1),
+                   reward_config=dict(toc_do_hoc=1e-2, kich_thuoc_batch=2))
+        a = them_lora(make("llama", seed=5), r=2, lora_alpha=4, target_modules=ALL["llama"])
+        b = a.copy()
+        RLHFPipeline(**cfg).chay_day_du(a, None, make("llama", seed=6), SFT_DATA, PAIRS)
+        pipe = RLHFPipeline(**cfg)  # the same stages by hand, the reference an explicit copy after SFT
+        pipe.sft(b, SFT_DATA)
+        pipe.train_reward_model(make("llama", seed=6), PAIRS)
+        pipe.rlhf(b, b.copy(), PAIRS)
+        for n, p in a.named_parameters().items():
+            np.testing.assert_array_equal(p.numpy(), b.named_parameters()[n].numpy(), err_msg=n)
+
+
 def test_lora_checkpoint_resume_is_bit_identical(tmp_path):
     with use_backend(dtype="float64"):
         def run(resume=None, r=2):
