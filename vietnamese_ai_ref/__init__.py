@@ -27,6 +27,8 @@ from .trainers.reward import RewardModel
 from .trainers.sft import SFTTrainer
 from .text.tokenizer import ByteTokenizer
 from .core.errors import NonFiniteError
+from .models.lora import LoraConfig, hop_nhat_lora, merge_lora, them_lora, add_lora
+from .io.peft import luu_adapter, tai_adapter
 
 __all__ = [
     # the seeds' API
@@ -36,6 +38,8 @@ __all__ = [
     # models, tokenizer, Hugging Face folders
     "TransformerLM", "GPTConfig", "LlamaLM", "LlamaConfig", "ByteTokenizer",
     "from_pretrained", "save_pretrained", "tai_mo_hinh", "luu_mo_hinh",
+    # LoRA adapters (models/lora.py) and their PEFT folders (io/peft.py)
+    "LoraConfig", "them_lora", "add_lora", "hop_nhat_lora", "merge_lora", "luu_adapter", "tai_adapter",
     # autograd and backends
     "Tensor", "tensor", "no_grad", "gradcheck", "get_backend", "set_backend", "use_backend",
     # errors

@@ -28,7 +28,7 @@ import contextlib
 from ..backends import add_at, get_backend
 
 __all__ = [
-    "Tensor", "tensor", "no_grad", "is_grad_enabled", "Parameter",
+    "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "Parameter",
     "add", "sub", "mul", "div", "neg", "power", "matmul", "reshape", "transpose", "getitem",
     "concat", "split", "stack", "sum", "mean", "max", "exp", "log", "tanh", "sqrt", "sigmoid",
     "logsigmoid", "relu", "gelu", "embedding", "softmax", "log_softmax", "layer_norm",
@@ -51,6 +51,18 @@ def no_grad():
     global _grad_enabled
     prev = _grad_enabled
     _grad_enabled = False
+    try:
+        yield
+    finally:
+        _grad_enabled = prev
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Inside this block ops record the graph again (activation recompute inside a backward pass)."""
+    global _grad_enabled
+    prev = _grad_enabled
+    _grad_enabled = True
     try:
         yield
     finally:

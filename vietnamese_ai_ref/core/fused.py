@@ -1,7 +1,7 @@
 """Fused ops of the models, each one autograd node with its backward beside its forward.
 
 What it is for: the layers' hot paths as single nodes — GPT-2's Conv1D linear (`linear_in_out`), the
-nn.Linear layout (`linear`, also the LM head), causal self-attention over a fused qkv
+nn.Linear layout (`linear`, also the LM head), a projection with its LoRA adapter (`lora_linear`), causal self-attention over a fused qkv
 (`causal_attention`), and the Llama family's `silu`, `rms_norm` and rotary embedding (`apply_rotary`).
 Each computes exactly what the composition of primitive ops it replaces computes, up to float rounding
 (tests/test_model.py holds the fused attention equal to the composition; docs/doc-ma.md shows both),
@@ -19,7 +19,7 @@ from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, _result, grad_out
 
-__all__ = ["linear_in_out", "linear", "column_sums", "causal_attention", "silu", "rms_norm", "apply_rotary",
+__all__ = ["linear_in_out", "linear", "lora_linear", "column_sums", "causal_attention", "silu", "rms_norm", "apply_rotary",
            "rotate_half"]
 
 
@@ -73,6 +73,55 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 
     parents = (x, w) if b is None else (x, w, b)
     return _result(Y.reshape(xd.shape[:-1] + (n,)), parents, backward)
+
+
+def lora_linear(x: Tensor, w: Tensor, b: Tensor | None, A: Tensor, B: Tensor, scale: float, *,
+                dropped: Tensor | None = None, in_out: bool = False) -> Tensor:
+    """A projection with its LoRA adapter as one node: x @ W.T + b + ((xd @ A.T) · scale) @ B.T, where
+    xd = `dropped` (the adapter's input after its dropout; x itself when None), A (r, k), B (n, r), and W is
+    nn.Linear's (n, k) or, with `in_out`, GPT-2's Conv1D (k, n) (x @ W). The same values as the composition
+    linear(x, W, b) + linear(linear(xd, A) * scale, B), but only the output and the narrow (N, r) activation
+    are kept, not three (N, n) arrays (the base output, the adapter's output and their sum).
+
+    Backward with G = g (N, n), H' = (G @ B) · scale (N, r): dA = H'.T @ xd, dB = G.T @ H (H = xd @ A.T · scale),
+    dxd = H' @ A, dx = G @ W (+ dxd when xd is x); dW, db as `linear` / `linear_in_out` when they require grad.
+    """
+    xp = get_backend().xp
+    xd, wd, Ad, Bd = x.data, w.data, A.data, B.data
+    k, n = (wd.shape if in_out else wd.shape[::-1])
+    X = xd.reshape(-1, k)  # (N, k)
+    Xd = X if dropped is None else dropped.data.reshape(-1, k)  # (N, k)
+    Y = xp.matmul(X, wd if in_out else wd.T)  # (N, n)
+    if b is not None:
+        Y += b.data
+    H = xp.matmul(Xd, Ad.T)  # (N, r)
+    H *= scale
+    Y += xp.matmul(H, Bd.T)  # (N, n)
+
+    def backward(g):
+        G = g.reshape(-1, n)  # (N, n)
+        Hg = xp.matmul(G, Bd)  # (N, r)
+        Hg *= scale
+        gA = xp.matmul(Hg.T, Xd, out=grad_out(A)) if A.requires_grad else None  # (r, k)
+        gB = xp.matmul(G.T, H, out=grad_out(B)) if B.requires_grad else None  # (n, r)
+        gxd = xp.matmul(Hg, Ad) if (dropped if dropped is not None else x).requires_grad else None  # (N, k)
+        gx = None
+        if x.requires_grad:
+            gx = xp.matmul(G, wd.T if in_out else wd)  # (N, k)
+            if dropped is None:
+                gx += gxd
+            gx = gx.reshape(xd.shape)
+        gw = None
+        if w.requires_grad:
+            gw = xp.matmul(X.T, G, out=grad_out(w)) if in_out else xp.matmul(G.T, X, out=grad_out(w))
+        gb = column_sums(xp, G, out=grad_out(b)) if (b is not None and b.requires_grad) else None
+        grads = [gx, gw] + ([gb] if b is not None else []) + [gA, gB]
+        if dropped is not None:
+            grads.append(None if gxd is None else gxd.reshape(xd.shape))
+        return tuple(grads)
+
+    parents = [x, w] + ([b] if b is not None else []) + [A, B] + ([dropped] if dropped is not None else [])
+    return _result(Y.reshape(xd.shape[:-1] + (n,)), tuple(parents), backward)
 
 
 def causal_attention(qkv: Tensor, blocked, n_head: int) -> Tensor:

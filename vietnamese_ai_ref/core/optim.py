@@ -10,6 +10,9 @@ copies the gradients that did not land there. The clipping coefficient of `scale
 inside the update (`adamw_update(grad_scale=...)`) instead of in a pass of its own: the gradient
 buffers (and `.grad`) keep the unclipped gradient, exactly as the update sees `grad * coef`.
 
+Frozen parameters (`requires_grad` False: a base model under LoRA) are left out: no buffer, no state,
+no update (`decay_groups`).
+
 What it is not: a general optimiser zoo. One optimiser, one schedule.
 """
 
@@ -23,6 +26,12 @@ from ..backends import get_backend
 def no_decay(name: str, param) -> bool:
     """Biases and LayerNorm weights get no weight decay (transformers' rule); everything else does."""
     return param.ndim < 2 or name.endswith(".bias") or ".ln_" in name or name.startswith("ln_")
+
+
+def decay_groups(named_params: dict) -> tuple:
+    """(with decay, without decay): lists of (name, param) of the parameters that require grad, in order."""
+    live = [(n, p) for n, p in named_params.items() if getattr(p, "requires_grad", True)]
+    return [(n, p) for n, p in live if not no_decay(n, p)], [(n, p) for n, p in live if no_decay(n, p)]
 
 
 class _Group:
@@ -81,8 +90,7 @@ class AdamW:
         self.eps = eps
         self.step_count = 0
         self.grad_scale = 1.0  # set by scale_grads, applied (and reset) by the next step
-        decay = [(n, p) for n, p in named_params.items() if not no_decay(n, p)]
-        nodecay = [(n, p) for n, p in named_params.items() if no_decay(n, p)]
+        decay, nodecay = decay_groups(named_params)
         self.groups = [
             _Group([n for n, _ in g], [p for _, p in g], wd)
             for g, wd in ((decay, weight_decay), (nodecay, 0.0))

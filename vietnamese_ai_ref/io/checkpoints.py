@@ -7,7 +7,8 @@ and history, bit for bit on CPU, as a run that was never interrupted. A checkpoi
     <thu_muc_checkpoint>/checkpoint-<global_step, 8 digits>/
         model/                  the weights: the model's own `save` layout (config.json, model.safetensors,
                                 tokenizer files), so the folder also loads with hf.from_pretrained /
-                                TransformerLM.load / LlamaLM.load
+                                TransformerLM.load / LlamaLM.load; under LoRA the (frozen) base
+        adapter/                only under LoRA: adapter_config.json + adapter_model.safetensors (io/peft.py)
         optimizer.safetensors   AdamW's moments: group<i>.m, group<i>.v (flat buffers, backend dtype)
         trainer_state.json      format_version, kind, run identity (trainer config, loop settings, model
                                 config, dtype, data fingerprint), the loop state (global_step = scheduler
@@ -44,6 +45,7 @@ from ..core.errors import CheckpointError
 from .folders import apply_umask
 from .folders import fsync_dir as _fsync_dir
 from ..io.hf import from_pretrained, save_pretrained
+from .peft import luu_adapter, tai_adapter
 
 __all__ = [
     "FORMAT_VERSION", "DEFAULT_SAVE_EVERY", "DEFAULT_KEEP", "INTERRUPT_DIR", "CheckpointError",
@@ -54,6 +56,7 @@ FORMAT_VERSION = 1
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"  # a LoRA run: its adapters (and score head) in PEFT's layout beside the base in model/
 PREFIX = "checkpoint-"
 #: with `thu_muc_checkpoint` and no `luu_moi`: a checkpoint every 50 optimiser steps (and one at the end)
 DEFAULT_SAVE_EVERY = 50
@@ -125,8 +128,9 @@ def data_fingerprint(examples) -> str:
 
 
 def run_identity(*, kind, trainer_config, settings, model, examples, stat_keys, has_eval) -> dict:
-    """What must not change between a checkpoint and its resumption, as it reads back from JSON."""
-    return json.loads(json.dumps({
+    """What must not change between a checkpoint and its resumption, as it reads back from JSON (a model
+    with LoRA adapters adds its LoraConfig under "adapters"; the parameter names include the adapters')."""
+    ident = {
         "kind": kind,
         "trainer_config": dict(trainer_config),
         "settings": dict(vars(settings)),
@@ -137,7 +141,10 @@ def run_identity(*, kind, trainer_config, settings, model, examples, stat_keys, 
         "data_sha256": data_fingerprint(examples),
         "stat_keys": list(stat_keys),
         "has_eval": bool(has_eval),
-    }))
+    }
+    if getattr(model, "has_adapters", False):
+        ident["adapters"] = model.lora_config.to_dict()
+    return json.loads(json.dumps(ident))
 
 
 def run_id(identity: dict) -> str:
@@ -171,6 +178,10 @@ def check_identity(saved: dict, now: dict, path) -> None:
             raise CheckpointError(
                 f"{vi} khác checkpoint {path}: {'; '.join(d)} / {en} from the checkpoint: {'; '.join(d)}"
             )
+    d = _diff(saved.get("adapters") or {}, now.get("adapters") or {})
+    if d:
+        raise CheckpointError(f"Adapter LoRA khác checkpoint {path}: {'; '.join(d)} / the LoRA adapters differ "
+                              f"from the checkpoint: {'; '.join(d)}")
     sp, np_ = saved.get("parameters", []), now["parameters"]
     if sp != np_:
         missing = [n for n in sp if n not in np_]
@@ -237,12 +248,10 @@ class TrainingCheckpoint:
         check_identity(self.identity, identity, self.path)
         if model is None:
             return
-        from ..core.optim import no_decay
+        from ..core.optim import decay_groups
 
         params = model.named_parameters()
-        decay = [n for n, p in params.items() if not no_decay(n, p)]
-        nodecay = [n for n, p in params.items() if no_decay(n, p)]
-        expected = [g for g in (decay, nodecay) if g]
+        expected = [[n for n, _ in g] for g in decay_groups(params) if g]
         groups = self.state["optimizer"].get("groups", [])
         if [g.get("names") for g in groups] != expected:
             raise CheckpointError(
@@ -352,6 +361,8 @@ def load_checkpoint(path) -> TrainingCheckpoint:
         path = newest
     state = read_state(path)
     model = from_pretrained(os.path.join(path, MODEL_DIR))
+    if os.path.isdir(os.path.join(path, ADAPTER_DIR)):
+        tai_adapter(model, os.path.join(path, ADAPTER_DIR))
     oname = os.path.join(path, OPTIMIZER_NAME)
     if not os.path.isfile(oname):
         raise CheckpointError(f"Thiếu tệp / missing file: {oname}")
@@ -442,7 +453,9 @@ def write_checkpoint(directory, *, identity, loop_state, model, opt, rng_state=N
     text = json.dumps(state, ensure_ascii=False)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=directory)
     try:
-        save_pretrained(model, os.path.join(tmp, MODEL_DIR))
+        save_pretrained(model.base_model(), os.path.join(tmp, MODEL_DIR))
+        if getattr(model, "has_adapters", False):
+            luu_adapter(model, os.path.join(tmp, ADAPTER_DIR))
         _hook("model", step)
         arrays = {k: host_np.ascontiguousarray(be.to_numpy(v)) for k, v in opt.state_arrays().items()}
         save_file(arrays, os.path.join(tmp, OPTIMIZER_NAME), metadata={"format": "vietnamese_ai_ref-adamw"})

@@ -36,7 +36,8 @@ from ..text.hf_tokenizer import HFTokenizer, _import_tokenizers
 from .folders import fsync_dir as _fsync_dir
 from .folders import fsync_file as _fsync_file
 from .folders import write_model_folder
-from .hf import _gpt2_named, _llama_named, _to_file_key, _write_json, gpt2_config_to_hf, llama_config_to_hf
+from .hf import (_gpt2_named, _llama_named, _to_file_key, _write_json, gpt2_config_to_hf, llama_config_to_hf,
+                 refuse_adapters)
 from .hf_config import interpret_gpt2_config, interpret_llama_config
 from .safetensors import write_safetensors
 from .gguf_vocab import SPECIAL_KEYS, GGUFVocabError, gguf_vocab_from_tokenizer_json, tokenizer_json_from_gguf
@@ -546,8 +547,9 @@ def model_from_gguf(source, tokenizer=None):
 def save_gguf(model, path, dtype: str = "F32") -> None:
     """Write our `LlamaLM` / `TransformerLM` as a GGUF file (see write_gguf); its HFTokenizer's
     vocabulary, chat template and special ids go with it (another tokenizer writes no vocabulary)."""
+    refuse_adapters(model)
     be = get_backend()
-    host = {n: be.to_numpy(p.data) for n, p in model.named_parameters().items()}
+    host = {n: be.to_numpy(p.data) for n, p in model.base_parameters().items()}
     if isinstance(model, TransformerLM):
         config, tensors = gpt2_config_to_hf(model, "float32"), {_to_file_key(n): a for n, a in host.items()}
     elif isinstance(model, LlamaLM):

@@ -269,10 +269,11 @@ def save_pretrained(model, path) -> None:
     if not isinstance(model, (TransformerLM, LlamaLM)):
         raise TypeError(f"save_pretrained cần TransformerLM hoặc LlamaLM / needs a TransformerLM or LlamaLM, "
                         f"got {type(model).__name__}")
+    refuse_adapters(model)
     be = get_backend()
     gpt2 = isinstance(model, TransformerLM)
     tensors = {(_to_file_key(n) if gpt2 else n): host_np.ascontiguousarray(be.to_numpy(p.data))
-               for n, p in model.named_parameters().items()}
+               for n, p in model.base_parameters().items()}
     dtype = str(next(iter(tensors.values())).dtype)
     if gpt2:
         config_json = gpt2_config_to_hf(model, dtype)
@@ -293,6 +294,16 @@ def save_pretrained(model, path) -> None:
         _write_json(os.path.join(tmp, GENERATION_CONFIG_NAME), generation)
 
     write_model_folder(path, write)
+
+
+def refuse_adapters(model) -> None:
+    """A model with LoRA adapters is not saved as a full model (the adapters would be lost silently)."""
+    if getattr(model, "has_adapters", False):
+        raise ValueError(
+            "Mô hình có adapter LoRA: lưu adapter bằng luu_adapter(model, thu_muc), hoặc hợp nhất trước bằng "
+            "hop_nhat_lora(model), hoặc lưu riêng mô hình gốc bằng model.base_model() / the model has LoRA "
+            "adapters: save them with luu_adapter(model, dir), merge them first with hop_nhat_lora(model), "
+            "or save the base alone via model.base_model()")
 
 
 def _write_json(path: str, obj: dict) -> None:

@@ -18,6 +18,12 @@ allocates a cache; `decode(ids (B, S), n_new (B,), cache) -> h (B, S, d)` runs S
 after `cache.lengths` and advances the cache; `logits_at(h, index (B,)) -> (B, V)` reads the LM logits
 at one position per row. `prefill` is `decode` on an empty cache.
 
+Adapters and recompute (the hooks the families call): `_projection(name, x, in_out)` computes projection
+`name` with its LoRA adapter (models/lora.py) in one fused node, the plain ops when there is none or adapters are
+switched off (`disable_adapters()`); `_blocks(x, block)` runs the transformer blocks, each through
+activation recompute (core/recompute.py) after `gradient_checkpointing_enable()` in training mode.
+`named_parameters()` lists the base parameters then the adapters'; frozen ones have requires_grad False.
+
 What it is not: file I/O. Hugging Face folders are read and written by `io/` (a layer above), which
 registers its reader and writer here (`register_folder_io`) so that `model.save_pretrained(path)` and
 `Model.from_pretrained(path)` work without this layer importing `io`.
@@ -25,6 +31,7 @@ registers its reader and writer here (`register_folder_io`) so that `model.save_
 
 from __future__ import annotations
 
+import contextlib
 import copy as _copy
 import dataclasses
 import math
@@ -33,8 +40,10 @@ from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Parameter, Tensor
 from ..core.errors import CheckpointError
-from ..core.fused import linear
+from ..core.fused import linear, linear_in_out, lora_linear
+from ..core.recompute import recompute
 from ..text.tokenizer import ByteTokenizer
+from .lora import LoraPair
 
 __all__ = ["CausalLM", "ConfigDict", "assign_arrays", "register_folder_io"]
 
@@ -89,6 +98,14 @@ class CausalLM:
         self.training = True  # like torch modules; loading returns eval mode like transformers
         self._dropout_rng = None  # backend RNG seeded by config.seed, created on first use
         self._params = {name: Parameter(arr, name=name) for name, arr in self._init_arrays().items()}
+        self._no_extras()
+
+    def _no_extras(self) -> None:
+        """No adapters, no recompute (the state every constructor starts from)."""
+        self._lora = {}  # projection name -> LoraPair (models/lora.py)
+        self.lora_config = None  # the LoraConfig of the attached adapters
+        self._adapters_on = True  # False inside disable_adapters()
+        self.gradient_checkpointing = False  # activation recompute per block (training mode only)
 
     @classmethod
     def _blank(cls, config, tokenizer) -> "CausalLM":
@@ -100,6 +117,7 @@ class CausalLM:
         m.training = True
         m._dropout_rng = None
         m._params = {}
+        m._no_extras()
         return m
 
     @classmethod
@@ -118,26 +136,43 @@ class CausalLM:
 
     # -- parameters ------------------------------------------------------------------------
     def named_parameters(self) -> dict:
-        """name -> Parameter in the fixed order of spec/model.md (score.weight last when attached)."""
+        """name -> Parameter: the base in the fixed order of spec/model.md (score.weight last when
+        attached), then each adapter's `<projection>.lora_A.weight`, `.lora_B.weight`. Frozen parameters
+        (requires_grad False: the base under LoRA) are listed too; optimisers skip them."""
+        out = dict(self._params)
+        for pair in self._lora.values():
+            out[pair.A.name], out[pair.B.name] = pair.A, pair.B
+        return out
+
+    def base_parameters(self) -> dict:
+        """name -> Parameter of the base model only (what a model folder or GGUF file holds)."""
         return dict(self._params)
 
     def parameters(self) -> list:
-        return list(self._params.values())
+        return list(self.named_parameters().values())
 
     def num_parameters(self) -> int:
-        return sum(int(p.size) for p in self._params.values())
+        return sum(int(p.size) for p in self.parameters())
+
+    def num_trainable_parameters(self) -> int:
+        """Số tham số được huấn luyện / parameters that require grad (the adapters and score head under LoRA)."""
+        return sum(int(p.size) for p in self.parameters() if p.requires_grad)
 
     def zero_grad(self) -> None:
-        for p in self._params.values():
+        for p in self.parameters():
             p.grad = None
 
     def _expected_shapes(self, with_score: bool) -> dict:
-        return {name: shape for name, shape, _ in self.param_specs(with_score)}
+        """name -> shape of the base parameters (spec order), then the adapters' (their current shapes)."""
+        out = {name: shape for name, shape, _ in self.param_specs(with_score)}
+        for pair in self._lora.values():
+            out[pair.A.name], out[pair.B.name] = tuple(pair.A.shape), tuple(pair.B.shape)
+        return out
 
     def state_dict(self) -> dict:
-        """name -> host NumPy copy of every parameter (the model's own names)."""
+        """name -> host NumPy copy of every parameter (the model's own names, adapters included)."""
         be = get_backend()
-        return {n: be.to_numpy(p.data.copy()) for n, p in self._params.items()}
+        return {n: be.to_numpy(p.data.copy()) for n, p in self.named_parameters().items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Copy every parameter of `state` (name -> array) INTO the existing buffers: the Parameter
@@ -146,9 +181,10 @@ class CausalLM:
         `score.weight` in `state` attaches a score head if there is none."""
         expected = self._expected_shapes(self.has_score_head or "score.weight" in state)
         arrays = assign_arrays(expected, {n: (n, a) for n, a in state.items()})
+        current = self.named_parameters()
         for n, arr in arrays.items():
-            if n in self._params:
-                self._params[n].data[...] = arr
+            if n in current:
+                current[n].data[...] = arr
             else:
                 self._params[n] = Parameter(arr, name=n)
 
@@ -165,8 +201,99 @@ class CausalLM:
         m = type(self)._blank(_copy.deepcopy(self.config), self.tokenizer)
         m.training = self.training
         m.generation_config = _copy.deepcopy(self.generation_config)
-        m._params = {n: Parameter(p.data.copy(), name=n) for n, p in self._params.items()}
+        m._params = {n: _copied(p) for n, p in self._params.items()}
+        m._lora = {k: LoraPair(_copied(v.A), _copied(v.B)) for k, v in self._lora.items()}
+        m.lora_config = _copy.deepcopy(self.lora_config)
+        m._adapters_on = self._adapters_on
+        m.gradient_checkpointing = self.gradient_checkpointing
         return m
+
+    def base_model(self) -> "CausalLM":
+        """The base alone: a model object sharing this one's base Parameter objects (no copy), without
+        adapters. Saving it writes the base weights; training it trains the shared weights."""
+        m = type(self)._blank(self.config, self.tokenizer)
+        m.training = self.training
+        m.generation_config = self.generation_config
+        m._params = dict(self._params)
+        m._dropout_rng = self._dropout_rng
+        return m
+
+    # -- adapters (models/lora.py attaches and merges them) ------------------------------------
+    @property
+    def has_adapters(self) -> bool:
+        return bool(self._lora)
+
+    @contextlib.contextmanager
+    def disable_adapters(self):
+        """Inside this block the model computes as its base alone (PEFT's `disable_adapter()`): the
+        reference of DPO and the online trainers without a second copy in memory. Re-entrant."""
+        prev = self._adapters_on
+        self._adapters_on = False
+        try:
+            yield self
+        finally:
+            self._adapters_on = prev
+
+    def _projection(self, name: str, x: Tensor, in_out: bool) -> Tensor:
+        """Projection `name` of x: nn.Linear's x @ W.T + b, or GPT-2's Conv1D x @ W + b (`in_out`), plus its
+        LoRA adapter (one fused node, core/fused.lora_linear) when it has one and adapters are on; the
+        plain model's ops otherwise (unchanged)."""
+        p = self._params
+        w, b = p[name + ".weight"], p.get(name + ".bias")
+        pair = self._lora.get(name) if self._adapters_on else None
+        if pair is None:
+            return linear_in_out(x, w, b) if in_out else linear(x, w, b)
+        cfg = self.lora_config
+        dropped = self._dropout(x, cfg.lora_dropout) if self.training and cfg.lora_dropout > 0 else None
+        return lora_linear(x, w, b, pair.A, pair.B, cfg.scale, dropped=dropped, in_out=in_out)
+
+    # -- activation recompute ----------------------------------------------------------------
+    def gradient_checkpointing_enable(self) -> "CausalLM":
+        """Recompute each block's activations in backward instead of keeping them (transformers' name):
+        same gradients, less memory, one more forward per block. Training mode only."""
+        self.gradient_checkpointing = True
+        return self
+
+    def gradient_checkpointing_disable(self) -> "CausalLM":
+        self.gradient_checkpointing = False
+        return self
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.gradient_checkpointing
+
+    def _blocks(self, x: Tensor, block) -> Tensor:
+        """x through block(i, x) for every layer i; with gradient checkpointing on (and training), each
+        block is one recompute node that replays its dropout masks from the model's RNG."""
+        if not (self.gradient_checkpointing and self.training):
+            for i in range(self.config.n_layer):
+                x = block(i, x)
+            return x
+        trainable = {n for n, p in self.named_parameters().items() if p.requires_grad}
+        for i in range(self.config.n_layer):
+            needs = any(_in_layer(n, i) for n in trainable)
+            x = recompute(lambda t, i=i: block(i, t), x, needs_grad=needs,
+                          get_state=self._rng_snapshot, set_state=self._rng_restore)
+        return x
+
+    def _rng_snapshot(self):
+        rng = self._dropout_rng
+        if rng is None:
+            return None
+        state = get_backend().rng_state(rng)
+        if state is None:
+            raise NotImplementedError(
+                "gradient checkpointing cần lưu được trạng thái RNG của dropout / gradient checkpointing with "
+                "dropout needs a backend whose RNG state can be saved (NumPy)")
+        return state
+
+    def _rng_restore(self, state) -> None:
+        if state is None:
+            self._dropout_rng = None
+            return
+        if self._dropout_rng is None:
+            self._dropout_rng = get_backend().rng(self.config.seed)
+        get_backend().set_rng_state(self._dropout_rng, state)
 
     def __repr__(self) -> str:
         head = ", score_head" if self.has_score_head else ""
@@ -328,3 +455,15 @@ class ConfigDict:
             if k not in names:
                 raise ValueError(f"Khoá cấu hình không xác định / unknown config key: {k!r}")
         return cls(**d)
+
+
+def _copied(p: Parameter) -> Parameter:
+    """An independent Parameter with p's values, name and requires_grad."""
+    q = Parameter(p.data.copy(), name=p.name)
+    q.requires_grad = p.requires_grad
+    return q
+
+
+def _in_layer(name: str, i: int) -> bool:
+    """Whether parameter `name` belongs to transformer block i (GPT-2's h.i., Llama's model.layers.i.)."""
+    return name.startswith((f"h.{i}.", f"model.layers.{i}."))

@@ -18,7 +18,7 @@ from ..core.errors import SettingError
 from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
-from ..core.fused import causal_attention, linear_in_out
+from ..core.fused import causal_attention
 from .base import CausalLM, ConfigDict
 from .kv_cache import KVCache, blocked_keys
 
@@ -157,8 +157,7 @@ class TransformerLM(CausalLM):
         x = self._embed(ids, xp.arange(T))  # positions 0..T-1: right padding keeps true positions
         x = self._dropout(x, self.config.embd_pdrop)
         blocked = blocked_keys(xp, xp.zeros(B, dtype=xp.int64), n_real, T, T)[:, None]  # (B, 1, T, T)
-        for i in range(self.config.n_layer):
-            x = self._block(i, x, blocked)
+        x = self._blocks(x, lambda i, t: self._block(i, t, blocked))
         return self._final_norm(x)
 
     def decode(self, ids, n_new, cache: KVCache) -> Tensor:
@@ -188,11 +187,11 @@ class TransformerLM(CausalLM):
     def _attn(self, i: int, x: Tensor, blocked, cache: KVCache | None = None, slots=None) -> Tensor:
         """Causal multi-head self-attention as two batched matmuls over (B, H, T, hd)."""
         xp = get_backend().xp
-        p, cfg = self._params, self.config
+        cfg = self.config
         a = f"h.{i}.attn."
         B, T, d = x.shape
         H, hd = cfg.n_head, cfg.head_size
-        qkv = linear_in_out(x, p[a + "c_attn.weight"], p[a + "c_attn.bias"])  # (B, T, 3d)
+        qkv = self._proj(a + "c_attn", x)  # (B, T, 3d)
         if cache is None and not (self.training and cfg.attn_pdrop > 0.0):
             y = causal_attention(qkv, blocked, H)  # (B, T, d): the fused form of the lines below
         else:
@@ -216,12 +215,15 @@ class TransformerLM(CausalLM):
             att = self._dropout(att, cfg.attn_pdrop)
             y = att @ v  # (B, H, T, hd)
             y = y.transpose(0, 2, 1, 3).reshape(B, T, d)  # (B, T, d): heads side by side
-        y = linear_in_out(y, p[a + "c_proj.weight"], p[a + "c_proj.bias"])  # (B, T, d)
+        y = self._proj(a + "c_proj", y)  # (B, T, d)
         return self._dropout(y, cfg.resid_pdrop)
 
     def _mlp(self, i: int, x: Tensor) -> Tensor:
-        p = self._params
         m = f"h.{i}.mlp."
-        x = ag.gelu(linear_in_out(x, p[m + "c_fc.weight"], p[m + "c_fc.bias"]))  # (B, T, 4d)
-        x = linear_in_out(x, p[m + "c_proj.weight"], p[m + "c_proj.bias"])  # (B, T, d)
+        x = ag.gelu(self._proj(m + "c_fc", x))  # (B, T, 4d)
+        x = self._proj(m + "c_proj", x)  # (B, T, d)
         return self._dropout(x, self.config.resid_pdrop)
+
+    def _proj(self, name: str, x: Tensor) -> Tensor:
+        """Conv1D projection `name` (x @ W + b), plus its LoRA adapter when it has one (base._projection)."""
+        return self._projection(name, x, in_out=True)

@@ -21,7 +21,7 @@ from ..backends import get_backend
 from ..core import autograd as ag
 from ..core.autograd import Tensor, no_grad
 from ..core.errors import SettingError
-from ..core.fused import apply_rotary, linear, rms_norm, silu
+from ..core.fused import apply_rotary, rms_norm, silu
 from .base import CausalLM, ConfigDict
 from .kv_cache import KVCache, blocked_keys
 from .rope import rope_inv_freq
@@ -293,8 +293,7 @@ class LlamaLM(CausalLM):
         cos, sin = rope_cos_sin(cfg, xp.arange(T))  # (T, hd): right padding keeps true positions
         masks = self._masks(xp, xp.zeros(B, dtype=xp.int64), n_real, T, T)
         x = ag.embedding(p["model.embed_tokens.weight"], ids)  # (B, T, d)
-        for i in range(cfg.num_hidden_layers):
-            x = self._layer(i, x, masks[cfg.layer_types[i]], cos, sin)
+        x = self._blocks(x, lambda i, t: self._layer(i, t, masks[cfg.layer_types[i]], cos, sin))
         return rms_norm(x, p["model.norm.weight"], cfg.rms_norm_eps)
 
     def decode(self, ids, n_new, cache: KVCache) -> Tensor:
@@ -325,8 +324,8 @@ class LlamaLM(CausalLM):
         return x
 
     def _proj(self, name: str, x: Tensor) -> Tensor:
-        p = self._params
-        return linear(x, p[name + ".weight"], p.get(name + ".bias"))
+        """nn.Linear projection `name` (x @ W.T + b), plus its LoRA adapter when it has one (base._projection)."""
+        return self._projection(name, x, in_out=False)
 
     def _attn(self, i: int, x: Tensor, blocked, cos, sin, cache: KVCache | None = None, slots=None) -> Tensor:
         """Grouped-query causal self-attention: H query heads share KV heads in groups of H // KV.

@@ -3,11 +3,14 @@
 What it is for: `TrainerBase`, the parent of SFTTrainer, DPOTrainer, RewardModel (and the pipeline's
 stages): the checkpoint/resume keywords of `huan_luyen` checked before any compute, the result dict
 with the seeds' common keys, `lay_lich_su()` and `thong_ke()`.
+`reference_policy`: the frozen reference of DPO (and the online trainers): an explicit model, the
+model itself with its LoRA adapters switched off, or a copy.
 What it is not: the loop (loop.py) or the setting rules (settings.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..core.errors import SettingError
@@ -15,7 +18,29 @@ from ..core.errors import CheckpointError
 from ..io.checkpoints import CheckpointOptions, list_checkpoints, load_checkpoint
 from .settings import check_bool, check_int, check_path
 
-__all__ = ["TrainerBase", "min_or_none"]
+__all__ = ["TrainerBase", "min_or_none", "reference_policy"]
+
+
+@contextlib.contextmanager
+def reference_policy(model, ref_model=None):
+    """The reference policy, in eval mode for the block (its mode restored after); evaluate it under
+    `no_grad`. `ref_model` when given; else, when `model` has LoRA adapters, `model` itself inside
+    `model.disable_adapters()` — the base without a second copy in memory, as TRL does with PEFT; else a
+    copy of `model` taken now (the model's weights at the start of training)."""
+    if ref_model is not None:
+        ref, adapters_off = ref_model, contextlib.nullcontext()
+    elif getattr(model, "has_adapters", False):
+        ref, adapters_off = model, model.disable_adapters()
+    else:
+        ref, adapters_off = model.copy(), contextlib.nullcontext()
+    was_training = getattr(ref, "training", False)
+    ref.eval()
+    try:
+        with adapters_off:
+            yield ref
+    finally:
+        if was_training:
+            ref.train()
 
 
 def min_or_none(values):

@@ -14,7 +14,7 @@ from ..core.autograd import no_grad
 from ..backends import get_backend
 from ..text.records import pad_batch, prepare_pairs
 from ..trainers.sft import effective_max_len, resolve_tokenizer
-from .base import TrainerBase
+from .base import TrainerBase, reference_policy
 from .loop import run_loop
 from .settings import LoopSettings, check_callback, check_model, checked
 
@@ -81,7 +81,9 @@ class DPOTrainer(TrainerBase):
     def huan_luyen(self, model, ref_model, preference_data, tokenizer=None, callback=None, *,
                    thu_muc_checkpoint=None, luu_moi=None, giu_lai=2, tiep_tuc_tu=None,
                    bo_qua_batch_loi=False) -> dict:
-        """Huấn luyện DPO / run DPO. `ref_model=None`: a frozen copy of `model` taken now.
+        """Huấn luyện DPO / run DPO. `ref_model=None`: for a model with LoRA adapters, the model itself
+        with its adapters switched off (`model.disable_adapters()`, no copy); otherwise a frozen copy of
+        `model` taken now.
 
         Returns tong_thoi_gian, so_epoch, global_step, train_loss_min, final_reward_margin and history
         (train_loss, chosen_rewards, rejected_rewards, reward_margin, reward_accuracy).
@@ -120,18 +122,13 @@ class DPOTrainer(TrainerBase):
             for e, (c, r) in zip(pairs, stored):
                 e["ref_chosen"], e["ref_rejected"] = c, r
         else:
-            ref = ref_model if ref_model is not None else model.copy()
             # Reference log-probs: once per record, frozen, no graph (spec/losses.md "DPO").
-            was_training = getattr(ref, "training", False)
-            ref.eval()
-            with no_grad():
+            with reference_policy(model, ref_model) as ref, no_grad():
                 for i in range(0, len(pairs), self.kich_thuoc_batch):
                     chunk = pairs[i:i + self.kich_thuoc_batch]
                     rc, rr = pair_logps(ref, chunk, pad)
                     for e, c, r in zip(chunk, rc.numpy().tolist(), rr.numpy().tolist()):
                         e["ref_chosen"], e["ref_rejected"] = c, r
-            if was_training:
-                ref.train()
         beta, eps = self.beta, self.label_smoothing
 
         def micro_step(batch, denominator):

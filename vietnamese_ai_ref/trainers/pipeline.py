@@ -100,7 +100,10 @@ class RLHFPipeline:
         return r
 
     def rlhf(self, model, ref_model, preference_data, *, tiep_tuc_tu=None) -> dict:
-        """Bước 3: DPO (`ref_model=None`: a frozen copy of `model` as it is now)."""
+        """Bước 3: DPO (`ref_model=None`: a frozen copy of `model` as it is now — with its LoRA adapters,
+        if it has any: the SFT policy, not the base that DPOTrainer's adapters-off reference would be)."""
+        if ref_model is None and getattr(model, "has_adapters", False):
+            ref_model = model.copy()
         r = self.dpo_trainer.huan_luyen(model, ref_model, preference_data, **self._stage_ck("rlhf", tiep_tuc_tu))
         self._results["rlhf"] = r
         self._done["rlhf"] = True
