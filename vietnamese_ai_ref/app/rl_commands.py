@@ -68,7 +68,8 @@ def cmd_online(a):
         raise CliError(f"--max-completion-length {trainer.max_completion_length}: phải để lại ít nhất 2 token cho "
                        f"prompt trong min(--max-seq-length, n_positions) = {n} / must leave at least 2 prompt "
                        f"tokens within min(--max-seq-length, n_positions) = {n}")
-    check_records(lambda recs: prepare_prompts(recs, model.tokenizer, n - trainer.max_completion_length),
+    check_records(lambda recs: prepare_prompts(recs, model.tokenizer, n - trainer.max_completion_length,
+                                                  name="record"),
                   data, "--data", a.data)
     per_batch = a.kich_thuoc_batch // getattr(a, "num_generations", 1)  # prompts per micro-batch (spec/api.md)
     total = total_steps(len(data), per_batch, a.gradient_accumulation, a.so_vong)
