@@ -242,7 +242,9 @@ def test_pipeline_full_run_reports_policy_reward():
     assert {"sft", "reward", "rlhf", "policy_reward_before", "policy_reward_after", "policy_reward_delta"} <= set(r)
     assert r["policy_reward_delta"] == pytest.approx(r["policy_reward_after"] - r["policy_reward_before"])
     st = pipe.thong_ke()
-    assert set(st) == {"sft_done", "reward_done", "rlhf_done", "sft_trainer", "dpo_trainer", "reward_model"}
+    assert set(st) == {"phuong_phap", "sft_done", "reward_done", "rlhf_done", "sft_trainer", "dpo_trainer",
+                       "reward_model", "rl_trainer"}
+    assert st["phuong_phap"] == "dpo" and st["rl_trainer"] is None and r["phuong_phap"] == "dpo"
     assert st["sft_done"] and st["reward_done"] and st["rlhf_done"]
     assert st["dpo_trainer"]["cau_hinh"]["beta"] == 0.2
     assert set(pipe.lay_ket_qua()) >= {"sft", "reward", "rlhf"}

@@ -1,7 +1,7 @@
 """The command-line tool `vietnamese-ai-ref` (also `python -m vietnamese_ai_ref`): parser and exit codes.
 
-What it is for: `demo`, `sft`, `reward`, `dpo`, `pipeline --config FILE.toml`, `generate`, `score`,
-`conformance` (the commands themselves: commands.py). Exit codes mean something (spec/errors.md
+What it is for: `demo`, `sft`, `reward`, `dpo`, `grpo`, `rloo`, `online-dpo`, `pipeline --config FILE.toml
+[--method M]`, `generate`, `score`, `conformance` (the commands themselves: commands.py, rl_commands.py). Exit codes mean something (spec/errors.md
 "Exit codes of the command line"): 0 done; 2 a user or data error (bad data, settings, files, a checkpoint
 that does not match), one bilingual line; 3 the environment (permission denied, disk full, read-only file
 system), one line; 130 Ctrl-C and 143 SIGTERM (the same path: the training loop checkpoints the last
@@ -21,6 +21,8 @@ import threading
 from ..core.errors import CheckpointError, DataError, JsonlError, NonFiniteError, TokenizerError
 from .commands import (cmd_conformance, cmd_demo, cmd_dpo, cmd_generate, cmd_pipeline, cmd_reward, cmd_score,
                        cmd_sft)
+from .pipeline_config import STAGE3_METHODS
+from .rl_commands import cmd_online
 from .rundir import (ENVIRONMENT_ERRNOS, EXIT_ENVIRONMENT, EXIT_USAGE, CliError, EnvironmentProblem, Progress,
                      describe_os_error)
 
@@ -137,13 +139,62 @@ def _add_training(sub):
     _train_args(o, epochs=1, lr=1e-4, batch=2)
     o.set_defaults(func=cmd_dpo, _required=("model", "data"))
 
-    pl = sub.add_parser("pipeline", help="SFT → RM → DPO từ tệp cấu hình / full pipeline from a TOML config",
+    pl = sub.add_parser("pipeline", help="SFT → RM → DPO/GRPO/RLOO/online DPO từ tệp cấu hình / full pipeline "
+                                         "from a TOML config",
                         description="Chạy RLHFPipeline.chay_day_du theo tệp TOML: [model], [data] (sft, preference), "
-                                    "[sft], [reward], [dpo], out.")
+                                    "[sft], [reward], method (dpo|grpo|rloo|online_dpo) và bảng của nó [dpo] / [grpo] / "
+                                    "[rloo] / [online_dpo], out.")
     pl.add_argument("--config", default=None, help="tệp TOML / TOML file (required)")
+    pl.add_argument("--method", default=None, choices=STAGE3_METHODS,
+                    help="phương pháp bước 3 / stage-3 method (default: the file's `method`, else dpo)")
     _common(pl)
     _run_args(pl)
     pl.set_defaults(func=cmd_pipeline, _required=("config",))
+
+
+#: the online trainers' defaults (TRL v1.9.0's; = the constructors', tests/test_pipeline_rl.py checks)
+ONLINE_DEFAULTS = {
+    "grpo": dict(kich_thuoc_batch=8, toc_do_hoc=1e-6, num_generations=8, beta=0.0, max_completion_length=256,
+                 temperature=1.0),
+    "rloo": dict(kich_thuoc_batch=8, toc_do_hoc=1e-6, num_generations=2, beta=0.05, max_completion_length=256,
+                 temperature=1.0),
+    "online-dpo": dict(kich_thuoc_batch=2, toc_do_hoc=5e-7, beta=0.1, max_completion_length=64, temperature=0.9),
+}
+
+
+def _add_online(sub):
+    """grpo, rloo, online-dpo: a policy folder, a prompts JSONL, a reward-model folder (rl_commands.py)."""
+    what = {"grpo": "GRPO (Group Relative Policy Optimization)", "rloo": "RLOO (REINFORCE Leave-One-Out)",
+            "online-dpo": "DPO trực tuyến / online DPO"}
+    for name, d in ONLINE_DEFAULTS.items():
+        o = sub.add_parser(name, help=f"huấn luyện {what[name]} với reward model / train with a reward model",
+                           description=f"{what[name]}: sinh câu trả lời từ --model cho các prompt của --data (JSONL, "
+                                       f"khóa 'prompt'), chấm bằng --reward-model. Samples completions of --data's "
+                                       f"prompts from --model and rewards them with --reward-model.")
+        o.add_argument("--model", default=None, help="thư mục policy / policy checkpoint directory (required)")
+        o.add_argument("--reward-model", dest="reward_model", default=None,
+                       help="thư mục reward model (từ `reward`) / reward-model directory (required)")
+        o.add_argument("--ref", default=None, help="mô hình tham chiếu / reference (default: copy of --model)")
+        o.add_argument("--beta", type=_finite_float, default=d["beta"], help=f"KL coefficient β ({d['beta']})")
+        o.add_argument("--max-completion-length", dest="max_completion_length", type=_positive_int,
+                       default=d["max_completion_length"], help=f"new tokens per completion "
+                                                                f"({d['max_completion_length']})")
+        o.add_argument("--temperature", type=_finite_float, default=d["temperature"], help=f"({d['temperature']})")
+        o.add_argument("--top-k", dest="top_k", type=int, default=0, help="top-k (0: off)")
+        o.add_argument("--top-p", dest="top_p", type=_finite_float, default=1.0, help="top-p (1.0)")
+        if name == "online-dpo":
+            o.add_argument("--missing-eos-penalty", dest="missing_eos_penalty", type=_finite_float, default=None,
+                           help="trừ vào phần thưởng câu không có EOS / penalty for completions without EOS")
+        else:
+            o.add_argument("--num-generations", dest="num_generations", type=int, default=d["num_generations"],
+                           help=f"completions per prompt G ({d['num_generations']}); --kich-thuoc-batch counts "
+                                f"completions and must be divisible by G")
+            o.add_argument("--epsilon", type=_finite_float, default=0.2, help="clip ε (0.2)")
+        if name == "grpo":
+            o.add_argument("--loss-type", dest="loss_type", default="dapo", help="grpo|bnpo|dr_grpo|dapo (dapo)")
+            o.add_argument("--scale-rewards", dest="scale_rewards", default="group", help="group|batch|none (group)")
+        _train_args(o, epochs=1, lr=d["toc_do_hoc"], batch=d["kich_thuoc_batch"])
+        o.set_defaults(func=cmd_online, _required=("model", "reward_model", "data"))
 
 
 def _add_inference(sub):
@@ -185,6 +236,7 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_training(sub)
+    _add_online(sub)
     _add_inference(sub)
     for sp in sub.choices.values():
         sp.set_defaults(_parser=sp)
@@ -208,7 +260,7 @@ def _parse(argv):
     a = build_parser().parse_args(argv)
     a.given = _given_options(argv)
     if getattr(a, "resume", None) is None:
-        missing = [f"--{k}" for k in a._required if getattr(a, k, None) is None]
+        missing = [f"--{k.replace('_', '-')}" for k in a._required if getattr(a, k, None) is None]
         if missing:
             a._parser.error(f"the following arguments are required: {', '.join(missing)}")
     return a

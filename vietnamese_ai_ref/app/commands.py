@@ -1,6 +1,7 @@
 """The subcommands of the command-line tool: what each one loads, checks, trains and writes.
 
-What it is for: `sft`, `reward`, `dpo`, `pipeline`, `generate`, `score`, `demo`. Every training command
+What it is for: `sft`, `reward`, `dpo`, `pipeline`, `generate`, `score`, `demo` (the online-RL commands
+`grpo`, `rloo`, `online-dpo` are in rl_commands.py, over these helpers). Every training command
 checks everything first — the output path, the data files (each error names the option and file it came
 from), the settings, the model — then runs inside a `RunDir` transaction (rundir.py): checkpoints in
 `<out>.partial/checkpoints/` (`--checkpoint-every`, `--keep`, the interrupt checkpoint too), `--resume`
@@ -27,7 +28,7 @@ from .rundir import CHECKPOINTS, CliError, Progress, RunDir, history_entries, to
 RESUME_MAY_CHANGE = {"quiet", "resume", "checkpoint_every", "keep", "skip_nonfinite"}
 #: options that are not stored for a resume
 NOT_STORED = {"func", "_parser", "_required", "given", "quiet", "resume", "overwrite", "command"}
-PATH_OPTIONS = ("data", "val", "model", "ref", "config", "out")
+PATH_OPTIONS = ("data", "val", "model", "ref", "reward_model", "config", "out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,24 +267,28 @@ def cmd_dpo(a):
 
 
 def cmd_pipeline(a):
-    """pipeline --config FILE.toml: [model] (GPTConfig fields, or `path`), [data] (sft, preference),
-    [sft], [reward], [dpo] (the trainers' parameters), out."""
+    """pipeline --config FILE.toml [--method M]: [model] (GPTConfig fields, or `path`), [data] (sft, preference),
+    [sft], [reward], [dpo] (the trainers' parameters), `method` and its table [grpo] / [rloo] / [online_dpo],
+    out."""
     from ..trainers.pipeline import RLHFPipeline
-    from .pipeline_config import read_pipeline_config
+    from .pipeline_config import read_pipeline_config, stage3
 
     if a.resume is None:
         absolutize(a)
         cfg = read_pipeline_config(a.config)
+        method, rl_cfg = stage3(a.config, cfg, a.method)
         rd = RunDir.plan(a.out or cfg.get("out"), "pipeline", overwrite=a.overwrite)
     else:
         rd = start(a, "pipeline")
         cfg = read_pipeline_config(a.config)
+        method, rl_cfg = stage3(a.config, cfg, a.method)
     base = os.path.dirname(os.path.abspath(a.config))
     path = lambda p: p if os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
     sft_data = load_records(path(cfg["data"]["sft"]), "[data].sft")
     pref = load_records(path(cfg["data"]["preference"]), "[data].preference")
     model = pipeline_model(a.config, cfg.get("model", {}), path)
     pipe = RLHFPipeline(sft_config=cfg.get("sft"), dpo_config=cfg.get("dpo"), reward_config=cfg.get("reward"),
+                        phuong_phap=method, rl_config=rl_cfg if method != "dpo" else None,
                         thu_muc_checkpoint=rd.checkpoints, luu_moi=a.checkpoint_every, giu_lai=a.keep,
                         bo_qua_batch_loi=a.skip_nonfinite)
     reward_model = model.copy()
@@ -296,12 +301,13 @@ def cmd_pipeline(a):
         result = pipe.chay_day_du(model=model, ref_model=None, reward_model=reward_model, sft_data=sft_data,
                                   preference_data=pref, tiep_tuc=rd.resuming)
         entries = []
-        for stage, tr in (("sft", pipe.sft_trainer), ("reward", pipe.reward_model), ("rlhf", pipe.dpo_trainer)):
+        for stage, tr in (("sft", pipe.sft_trainer), ("reward", pipe.reward_model),
+                          ("rlhf", pipe.rl_trainer or pipe.dpo_trainer)):
             entries += history_entries(tr.lay_lich_su(), stage)
         return result, entries
 
-    run_training(a, rd, dict(cfg, command="pipeline"), train, {"policy": model, "reward_model": reward_model},
-                 a.quiet)
+    run_training(a, rd, dict(cfg, command="pipeline", method=method), train,
+                 {"policy": model, "reward_model": reward_model}, a.quiet)
 
 
 def pipeline_model(config_path, mcfg, path):

@@ -2,9 +2,11 @@
 
 What it is for: one place that says what the file may hold — `[model]` (GPTConfig fields, or `path` to a
 model folder alone), `[data]` (`sft`, `preference`: paths relative to the file), `[sft]`, `[reward]`,
-`[dpo]` (tables of the trainers' parameters), `out` (a string) — and refuses anything else with one line
-naming the file and the key, before any data is read or anything computed (a value of the wrong TOML type
-would otherwise surface later as a TypeError).
+`[dpo]` (tables of the trainers' parameters), `method` (stage 3: "dpo", the default, or "grpo", "rloo",
+"online_dpo") with the online trainer's table `[grpo]`, `[rloo]` or `[online_dpo]`, `out` (a string) — and
+refuses anything else with one line naming the file and the key, before any data is read or anything
+computed (a value of the wrong TOML type would otherwise surface later as a TypeError). `stage3` settles
+the method (the command line's `--method` wins over the file's) and refuses a table of another method.
 What it is not: the check of the parameters' values (the trainers and RLHFPipeline do that).
 """
 
@@ -14,7 +16,10 @@ import os
 
 from .rundir import CliError
 
-PIPELINE_KEYS = {"model", "data", "sft", "dpo", "reward", "out"}
+#: stage 3's methods (= trainers.pipeline.METHODS; tests/test_pipeline_rl.py checks): each one's table
+STAGE3_METHODS = ("dpo", "grpo", "rloo", "online_dpo")
+TABLES = ("model", "data", "sft", "reward", *STAGE3_METHODS)
+PIPELINE_KEYS = {*TABLES, "method", "out"}
 DATA_KEYS = {"sft", "preference"}
 
 
@@ -46,11 +51,14 @@ def read_pipeline_config(path) -> dict:
     unknown = sorted(set(cfg) - PIPELINE_KEYS)
     if unknown:
         raise CliError(f"{path}: khóa không hợp lệ / unknown keys {unknown}; valid: {sorted(PIPELINE_KEYS)}")
-    for table in ("model", "data", "sft", "dpo", "reward"):
+    for table in TABLES:
         if table in cfg and not isinstance(cfg[table], dict):
             raise _type_error(path, f"[{table}]", ("một bảng", "a table"), cfg[table])
     if "out" in cfg and not isinstance(cfg["out"], str):
         raise _type_error(path, "out", ("một chuỗi", "a string"), cfg["out"])
+    if "method" in cfg and cfg["method"] not in STAGE3_METHODS:
+        raise CliError(f"{path}: method không hợp lệ / invalid method {cfg['method']!r}; valid: "
+                       f"{list(STAGE3_METHODS)}")
     data = cfg.get("data", {})
     for k in sorted(DATA_KEYS):
         if k not in data:
@@ -68,3 +76,15 @@ def read_pipeline_config(path) -> dict:
             raise CliError(f"{path}: [model].path không dùng cùng {sorted(set(model) - {'path'})} / [model].path "
                            f"cannot be combined with {sorted(set(model) - {'path'})} (the folder's config decides)")
     return cfg
+
+
+def stage3(path, cfg, method=None) -> tuple:
+    """(method, its trainer's table) of a checked config: `method` (the command line's --method) when given,
+    else the file's `method`, else "dpo". A table of another method is refused, naming it."""
+    method = method or cfg.get("method", "dpo")
+    others = [m for m in STAGE3_METHODS if m != method and m in cfg]
+    if others:
+        raise CliError(f"{path}: [{others[0]}] chỉ dùng với method = \"{others[0]}\", lần chạy này dùng "
+                       f"\"{method}\" / [{others[0]}] is only for method = \"{others[0]}\"; this run's method "
+                       f"is \"{method}\"")
+    return method, cfg.get(method, {})
