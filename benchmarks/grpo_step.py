@@ -368,9 +368,12 @@ def main(argv=None):
     parts = args.parts.split(",")
     if "rollout" in parts:
         rows.append(measure_rollout(args, cfg, ours, tm, torch, prompts))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     for beta, part in ((0.0, "beta0"), (BETA_ON, "beta")):
         if part in parts:
             rows.append(measure_grpo(args, cfg, ours, tm, torch, texts, prompts, beta))
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
     print(format_table(rows))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
