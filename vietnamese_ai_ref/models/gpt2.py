@@ -194,6 +194,8 @@ class TransformerLM(CausalLM):
         qkv = self._proj(a + "c_attn", x)  # (B, T, 3d)
         if cache is None and not (self.training and cfg.attn_pdrop > 0.0):
             y = causal_attention(qkv, blocked, H)  # (B, T, d): the fused form of the lines below
+        elif cache is not None and not (self.training and cfg.attn_pdrop > 0.0):
+            y = Tensor(_cached_attention(qkv.data, blocked, cache, slots, i, H))  # (B, T, d): the lines below, bare
         else:
             q, k, v = ag.split(qkv, 3, axis=-1)  # 3 x (B, T, d)
             q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
@@ -227,3 +229,26 @@ class TransformerLM(CausalLM):
     def _proj(self, name: str, x: Tensor) -> Tensor:
         """Conv1D projection `name` (x @ W + b), plus its LoRA adapter when it has one (base._projection)."""
         return self._projection(name, x, in_out=True)
+
+
+def _cached_attention(qkv, blocked, cache: KVCache, slots, i: int, H: int):
+    """The KV-cache branch of `_attn` on bare arrays (decoding: no graph, no dropout): the same array
+    operations on the same views, in the same order, as the Tensor lines, so the same bits, without the
+    ~12 autograd nodes per layer and token. qkv (B, T, 3d) → y (B, T, d)."""
+    be = get_backend()
+    xp = be.xp
+    B, T, d3 = qkv.shape
+    d = d3 // 3
+    hd = d // H
+    q = qkv[:, :, :d].reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+    rows = xp.arange(B)[:, None]  # (B, 1)
+    cache.k[i][rows, :, slots] = qkv[:, :, d:2 * d].reshape(B, T, H, hd)  # (B, T, H, hd) into slots (B, T)
+    cache.v[i][rows, :, slots] = qkv[:, :, 2 * d:].reshape(B, T, H, hd)
+    Tk = blocked.shape[-1]
+    k = cache.k[i][:, :, :Tk]  # (B, H, Tk, hd)
+    att = xp.matmul(q, k.transpose(0, 1, 3, 2))  # (B, H, T, Tk)
+    att = att * be.asarray(1.0 / math.sqrt(hd), dtype=att.dtype)
+    att = xp.where(blocked, be.asarray(float(xp.finfo(att.dtype).min), dtype=att.dtype), att)
+    att = be.kernels.softmax_forward(att, axis=-1)
+    y = xp.matmul(att, cache.v[i][:, :, :Tk])  # (B, H, T, hd)
+    return y.transpose(0, 2, 1, 3).reshape(B, T, d)  # (B, T, d): heads side by side
