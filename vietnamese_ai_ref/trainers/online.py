@@ -25,7 +25,7 @@ from ..core.errors import CheckpointError, DataError, SettingError
 from ..models.generation import eos_ids
 from ..models.sampling import sample_rollouts
 from ..text.records import encode_for_scoring, format_prompt, pad_batch
-from .base import TrainerBase
+from .base import TrainerBase, reference_policy
 from .loop import run_loop
 from .reward import score_ids
 from .settings import LoopSettings, check_callback, check_model
@@ -248,12 +248,16 @@ def completion_logps(model, items, pad_id, temperature, batch_size) -> list:
     return out
 
 
-def weights_sha256(model) -> str:
-    """Fingerprint of a model's weights (the reference a resumed run must use again)."""
+def weights_sha256(model, base_only: bool = False) -> str:
+    """Fingerprint of a model's weights (the reference a resumed run must use again): every parameter
+    (adapters included), or with `base_only` the base parameters alone — the reference a LoRA model is
+    with its adapters switched off, which hashes as a plain copy of that base would."""
+    be = get_backend()
+    params = model.base_parameters() if base_only else model.named_parameters()
     h = hashlib.sha256()
-    for name, arr in model.state_dict().items():
+    for name, p in params.items():
         h.update(name.encode("utf-8"))
-        h.update(host_np.ascontiguousarray(arr).tobytes())
+        h.update(host_np.ascontiguousarray(be.to_numpy(p.data)).tobytes())
     return h.hexdigest()
 
 
@@ -275,20 +279,27 @@ class OnlineTrainerBase(TrainerBase):
                             clip=self.gradient_clip, logging_steps=self.logging_steps, seed=self.seed)
 
     def _reference(self, model, ref_model, resume):
-        """The frozen reference (None when not needed) and its fingerprint, checked against a resumed run's."""
+        """The frozen reference and its fingerprint, checked against a resumed run's; (None, None) when β
+        makes it unneeded. With ref_model=None: for a model with LoRA adapters, None — `_reference_policy`
+        then runs `model` itself with its adapters switched off (no second copy; the frozen base is
+        hashed) — else a copy of `model` as given."""
         if not self._needs_ref():
             return None, None
         if ref_model is model:
             raise SettingError("'ref_model' không được là cùng một đối tượng với 'model' (mô hình tham chiếu phải "
-                             "đóng băng); truyền None để dùng bản sao / 'ref_model' must not be 'model' itself; "
-                             "pass None for a frozen copy")
+                             "đóng băng); truyền None để dùng bản sao (hoặc mô hình gốc khi tắt adapter LoRA) "
+                             "/ 'ref_model' must not be 'model' itself; pass None for a frozen copy (the base "
+                             "with its adapters switched off for a LoRA model)")
         if ref_model is not None:
             check_model(ref_model, "ref_model")
             if ref_model.config.vocab_size != model.config.vocab_size:
                 raise SettingError(f"'ref_model' có vocab_size {ref_model.config.vocab_size} khác 'model' "
                                  f"({model.config.vocab_size}) / vocab sizes differ")
-        ref = ref_model if ref_model is not None else model.copy()
-        sha = weights_sha256(ref)
+        if ref_model is None and model.has_adapters:
+            ref, sha = None, weights_sha256(model, base_only=True)
+        else:
+            ref = ref_model if ref_model is not None else model.copy()
+            sha = weights_sha256(ref)
         saved = resume.extra.get("ref_sha256") if resume is not None else None
         if saved is not None and saved != sha:
             raise CheckpointError(
@@ -296,6 +307,13 @@ class OnlineTrainerBase(TrainerBase):
                 "hoặc model ban đầu khi ref_model=None) / the reference model differs from the checkpoint's run: "
                 "pass the same initial model again (ref_model, or the initial model when ref_model=None)")
         return ref, sha
+
+    def _reference_policy(self):
+        """Context: the reference of this run in eval mode (evaluate it under no_grad) — the explicit or
+        copied reference, or the policy itself with its LoRA adapters switched off (trainers/base.py's
+        `reference_policy`; the policy samples its rollouts outside this block, adapters on)."""
+        c = self._ctx
+        return reference_policy(c["model"], c["ref"])
 
     def huan_luyen(self, model, prompts, ham_thuong=None, reward_model=None, *, trong_so_thuong=None,
                    ref_model=None, tokenizer=None, callback=None, thu_muc_checkpoint=None, luu_moi=None,
@@ -307,7 +325,8 @@ class OnlineTrainerBase(TrainerBase):
         per completion out; None = no opinion). reward_model: a model trained by RewardModel (score head);
         it scores the templated prompt + completion as in its training. trong_so_thuong: one weight per
         source (functions in order, then the reward model). ref_model: the frozen reference when β > 0
-        (None = a copy of `model` as given; a resumed run needs the same one). Everything is checked before
+        (None = a copy of `model` as given, or for a model with LoRA adapters the model itself with its
+        adapters switched off, as TRL does with PEFT; a resumed run needs the same one). Everything is checked before
         any compute. Returns tong_thoi_gian, so_epoch, global_step, train_loss_min, final_reward and
         history (see spec/api.md); checkpoint keywords as SFTTrainer."""
         check_model(model)

@@ -92,18 +92,13 @@ class OnlineDPOTrainer(OnlineTrainerBase):
                 pair[f"{side}_ids"] = list(p) + list(row["completion_ids"])
                 pair[f"{side}_labels"] = [IGNORE_INDEX] * len(p) + list(row["completion_ids"])
             pairs.append(pair)
-        ref, pad = self._ctx["ref"], self._ctx["pad"]
-        was_training = ref.training
-        ref.eval()
-        try:
-            with no_grad():
-                for i in range(0, len(pairs), self.kich_thuoc_batch):
-                    chunk = pairs[i:i + self.kich_thuoc_batch]
-                    rc, rr = pair_logps(ref, chunk, pad)
-                    for e, a, b in zip(chunk, rc.numpy().tolist(), rr.numpy().tolist()):
-                        e["ref_chosen"], e["ref_rejected"] = a, b
-        finally:
-            ref.train(was_training)
+        pad = self._ctx["pad"]
+        with self._reference_policy() as ref, no_grad():
+            for i in range(0, len(pairs), self.kich_thuoc_batch):
+                chunk = pairs[i:i + self.kich_thuoc_batch]
+                rc, rr = pair_logps(ref, chunk, pad)
+                for e, a, b in zip(chunk, rc.numpy().tolist(), rr.numpy().tolist()):
+                    e["ref_chosen"], e["ref_rejected"] = a, b
         margin = [e["score_chosen"] - e["score_rejected"] for e in pairs]
         stats = {"objective/scores": (float(R.mean()), 1), "objective/scores_margin": (sum(margin) / len(margin), 1),
                  "val/contain_eos_token": (float(has_eos.mean()), 1)}

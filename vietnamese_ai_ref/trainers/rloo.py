@@ -90,7 +90,8 @@ class RLOOTrainer(OnlineTrainerBase):
             T = max(len(e["completion_ids"]) for e in items)
             bs = self.kich_thuoc_batch
             old = _padded(completion_logps(c["model"], items, c["pad"], self.temperature, bs), T)  # (B, T)
-            ref = _padded(completion_logps(c["ref"], items, c["pad"], self.temperature, bs), T)  # (B, T)
+            with self._reference_policy() as ref_model:
+                ref = _padded(completion_logps(ref_model, items, c["pad"], self.temperature, bs), T)  # (B, T)
             mask = _padded([e["mask"] for e in items], T)  # (B, T)
             kw.update(old_logps=old, ref_logps=ref, mask=mask)
             stats["kl"] = (float(((old - ref) * mask).sum(axis=1).mean()), 1)  # k1 summed per sequence
