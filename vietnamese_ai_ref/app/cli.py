@@ -101,12 +101,22 @@ def _train_args(sp, *, epochs, lr, batch, accum=True):
 
 
 def _add_demo(sub):
-    d = sub.add_parser("demo", help="SFT → reward model → DPO trên dữ liệu demo / the end-to-end demo",
-                       description="Huấn luyện một mô hình nhỏ từ đầu (SFT → RM → DPO) trên dữ liệu tiếng Việt đi kèm, "
-                                   "in bảng kết quả trên tập giữ lại và vẽ curves.png. Trains a tiny model from "
-                                   "scratch on the bundled data and prints held-out figures.")
+    d = sub.add_parser("demo", help="SFT → reward model → DPO → GRPO trên dữ liệu demo / the end-to-end demo",
+                       description="Huấn luyện một mô hình nhỏ từ đầu (SFT → RM → DPO → GRPO) trên dữ liệu tiếng "
+                                   "Việt đi kèm, in bảng kết quả trên tập giữ lại và vẽ curves.png. Trains a tiny "
+                                   "model from scratch (or yours, --model) on the bundled data and prints held-out "
+                                   "figures.")
     _common(d)
     d.add_argument("--quick", action="store_true", help="bản rút gọn (cho kiểm thử) / shortened run (for tests)")
+    d.add_argument("--stage3", choices=("both", "dpo", "grpo"), default="both",
+                   help="giai đoạn 3: DPO rồi GRPO, hoặc chỉ một / stage 3: DPO then GRPO (both, default), or one "
+                        "of them alone")
+    d.add_argument("--model", default=None, metavar="PATH",
+                   help="chạy trên mô hình của bạn (thư mục transformers hoặc tệp .gguf) thay cho mô hình nhỏ / run "
+                        "the stages on your model (a transformers-style folder or a .gguf file)")
+    d.add_argument("--lora", type=_positive_int, default=None, metavar="R",
+                   help="với --model: huấn luyện adapter LoRA hạng R, hợp nhất trước khi lưu / with --model: train "
+                        "LoRA adapters of rank R, merged before saving")
     d.set_defaults(func=cmd_demo, _required=())
 
 

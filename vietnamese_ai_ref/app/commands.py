@@ -392,4 +392,5 @@ def cmd_conformance(a):
 def cmd_demo(a):
     from .demo import run_demo
 
-    run_demo(out=a.out, quiet=a.quiet, quick=a.quick, seed=a.seed, overwrite=a.overwrite)
+    run_demo(out=a.out, quiet=a.quiet, quick=a.quick, seed=a.seed, overwrite=a.overwrite, stage3=a.stage3,
+             model_path=a.model, lora=a.lora)

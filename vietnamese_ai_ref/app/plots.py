@@ -1,7 +1,8 @@
-"""Training curves of the demo as a PNG (matplotlib, the `plots` extra).
+"""Training curves of the demo as PNGs (matplotlib, the `plots` extra).
 
-What it is for: one figure of SFT loss, reward-model loss/accuracy and DPO loss/rewards, written
-atomically next to the run's metrics.
+What it is for: one figure of SFT loss, reward-model loss/accuracy and DPO loss/rewards (curves.png),
+and one of the GRPO stage's reward (total and per source), KL and completion length per logged step
+(grpo_curves.png), written atomically next to the run's metrics.
 What it is not: required: without matplotlib nothing is drawn and the caller is told so.
 """
 
@@ -10,14 +11,30 @@ from __future__ import annotations
 import os
 
 
-def write_curves(path, r_sft, r_rm, r_dpo):
-    """Loss, margin and accuracy curves; skipped (returns False) when matplotlib is missing."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path):
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_curves(path, r_sft, r_rm, r_dpo=None):
+    """Loss, margin and accuracy curves (the DPO panels empty without a DPO result); skipped (returns
+    False) when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(2, 2, figsize=(11, 7))
     h = r_sft["history"]
@@ -32,7 +49,8 @@ def write_curves(path, r_sft, r_rm, r_dpo):
     ax[0, 1].plot(r_rm["history"]["accuracy"], label="accuracy")
     ax[0, 1].set_title("Reward model")
     ax[0, 1].legend()
-    hd = r_dpo["history"]
+    hd = r_dpo["history"] if r_dpo is not None else {k: [] for k in (
+        "train_loss", "reward_accuracy", "chosen_rewards", "rejected_rewards", "reward_margin")}
     ax[1, 0].plot(hd["train_loss"], label="loss")
     ax[1, 0].plot(hd["reward_accuracy"], label="reward accuracy")
     ax[1, 0].set_title("DPO")
@@ -45,8 +63,33 @@ def write_curves(path, r_sft, r_rm, r_dpo):
     for a in ax.flat:
         a.set_xlabel("log entry")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(plt, fig, path)
+    return True
+
+
+def write_rl_curves(path, r_grpo):
+    """GRPO per logged step: reward (total and per source), KL to the reference, completion length;
+    skipped (returns False) when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    h = r_grpo["history"]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    x = h.get("step") or list(range(1, len(h["reward"]) + 1))
+    ax[0].plot(x, h["reward"], label="reward (tổng / total)")
+    for k in sorted(k for k in h if k.startswith("rewards/") and k.endswith("/mean")):
+        ax[0].plot(x, h[k], label=k[len("rewards/"):-len("/mean")])
+    ax[0].set_title("GRPO reward")
+    ax[0].legend()
+    if h.get("kl"):
+        ax[1].plot(x, h["kl"])
+    ax[1].set_title("KL (policy ‖ ref)")
+    ax[2].plot(x, h["completions/mean_length"], label="mean")
+    ax[2].plot(x, h["completions/max_length"], label="max")
+    ax[2].set_title("completion length (token)")
+    ax[2].legend()
+    for a in ax:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    _save(plt, fig, path)
     return True
