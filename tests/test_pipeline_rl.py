@@ -305,3 +305,24 @@ def test_method_names_and_cli_defaults_agree_with_the_trainers():
         assert {k: sig[k].default for k in defaults} == defaults, name
     p = cli("grpo", "--help")
     assert p.returncode == 0 and "--reward-model" in p.stdout and "--num-generations" in p.stdout
+
+
+@pytest.mark.parametrize("method", ["grpo", "online_dpo"])
+def test_lora_policy_reference_is_the_sft_policy_not_the_base(method):
+    """With a LoRA policy and ref_model=None, the online stage's reference is the SFT policy (adapters
+    included), as for DPO — not the pre-SFT base that the trainers' adapters-off rule would give."""
+    from vietnamese_ai_ref import them_lora
+
+    cfg = dict(RL_CFG[method], beta=0.2)
+
+    def run(explicit_ref):
+        policy, rm = them_lora(tiny(), r=2, lora_alpha=4, seed=3), tiny(seed=1)
+        p = RLHFPipeline(sft_config=dict(SFT_CFG, so_vong=3, toc_do_hoc=5e-2), reward_config=RM_CFG, phuong_phap=method,
+                         rl_config=cfg)
+        p.sft(policy, SFT)
+        p.train_reward_model(rm, PREF)
+        ref = policy.copy() if explicit_ref else None
+        assert any("lora_B" in k and np.abs(v).max() > 0 for k, v in weights(policy).items())  # SFT moved B
+        return p.rlhf(policy, ref, PREF)["history"]
+
+    assert run(False) == run(True)

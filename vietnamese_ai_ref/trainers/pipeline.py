@@ -141,12 +141,13 @@ class RLHFPipeline:
         prompts of `preference_data` (records with "prompt", or prompt strings), rewarded by `reward_model`
         (default: the model train_reward_model trained) and the reward functions `ham_thuong` weighted by
         `trong_so_thuong` (functions first, then the reward model); `ref_model=None`: a frozen copy of
-        `model` as it is now, adapters included."""
+        `model` as it is now, adapters included (taken only when the method needs a reference)."""
         ck = self._stage_ck("rlhf", tiep_tuc_tu)
+        needs_ref = self.rl_trainer is None or self.rl_trainer._needs_ref()
+        if ref_model is None and needs_ref and getattr(model, "has_adapters", False):
+            ref_model = model.copy()  # the SFT policy; the trainers' adapters-off rule would give the pre-SFT base
         if self.rl_trainer is None:
             _dpo_takes_no_rewards(ham_thuong, trong_so_thuong, reward_model)
-            if ref_model is None and getattr(model, "has_adapters", False):
-                ref_model = model.copy()
             r = self.dpo_trainer.huan_luyen(model, ref_model, preference_data, **ck)
         else:
             rm = reward_model if reward_model is not None else self._reward_net
