@@ -1,9 +1,11 @@
-"""`vietnamese-ai-ref demo`: SFT → reward model → DPO on the bundled Vietnamese data, with proof.
+"""`vietnamese-ai-ref demo`: SFT → reward model → DPO → GRPO on the bundled Vietnamese data, with proof.
 
 What it is for: the README's main command. It trains a tiny transformer from scratch on 2 CPU cores
 in a few minutes and reports, on the *held-out* preference split: the reward model's accuracy, DPO's
 implicit-reward accuracy and margin, the reward model's mean score of the policy's own answers before
-and after DPO, and three prompts answered before and after alignment. It writes a run directory
+and after DPO, then (stage 3 `both`, the default, or `grpo` alone; app/demo_rl.py) GRPO with a verifiable
+arithmetic reward plus the reward model and the held-out arithmetic accuracy before and after it, and
+three prompts answered before and after alignment. It writes a run directory
 (config, metrics.jsonl, policy/, reward_model/, curves.png, summary.json last) as a transaction: the
 output path is checked before training, the files go into `<out>.partial` and it is renamed at the end
 (rundir.RunDir), so a failed or interrupted demo never leaves a folder that looks finished.
