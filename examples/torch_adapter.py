@@ -1,4 +1,5 @@
-"""A conformance adapter written in plain PyTorch: an independent implementation of spec/losses.md.
+"""A conformance adapter written in plain PyTorch: an independent implementation of spec/losses.md
+and of the GRPO and RLOO trainer vectors of spec/rl.md §11 (the spec 1.1 RL functions are left out).
 
 What it is for: showing how another implementation plugs into the conformance runner, and checking
 that the golden vectors are not an artefact of `vietnamese_ai_ref`'s own code (this file shares no
@@ -206,8 +207,9 @@ def run_trainer_vector(inputs):
         torch.set_num_threads(threads)
 
 
-def _run_trainer_vector(inputs):
-    kind, cfg, tc = inputs["trainer"], inputs["model_config"], inputs["trainer_config"]
+def _optimizer(inputs):
+    """(parameters, AdamW with a decay and a no-decay group, LambdaLR: linear warm-up then decay)."""
+    tc = inputs["trainer_config"]
     P = {n: torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64, requires_grad=True)
          for n, a in inputs["parameters"].items()}
     no_decay = set(tc["no_decay_parameters"])
@@ -219,6 +221,37 @@ def _run_trainer_vector(inputs):
     T_, W = int(tc["total_steps"]), int(tc["warmup_steps"])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: s / max(1, W) if s < W else max(0.0, (T_ - s) / max(1, T_ - W)))
+    return P, opt, sched
+
+
+def _update(P, opt, sched, tc, out, step, step_loss):
+    """The end of an optimiser step: record step 1's loss and (pre-clip) gradients, clip (gradient_clip
+    = 0 disables clipping, spec/api.md; the norm is still reported), the AdamW step at this step's rate,
+    the schedule's step; append the step's rate, loss and pre-clip norm to `out`."""
+    if step == 0:
+        out["loss"] = step_loss
+        out["grads"] = {n: _np(p.grad).copy() for n, p in P.items()}
+    clip = float(tc["gradient_clip"])
+    if clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(list(P.values()), clip, foreach=False))
+    else:
+        norm = float(torch.sqrt(sum((p.grad * p.grad).sum() for p in P.values())))
+    if step == 0:
+        out["grad_norm"] = norm
+    out["learning_rates"].append(opt.param_groups[0]["lr"])
+    opt.step()
+    sched.step()
+    out["loss_trajectory"].append(step_loss)
+    out["grad_norms"].append(norm)
+
+
+def _run_trainer_vector(inputs):
+    kind, cfg, tc = inputs["trainer"], inputs["model_config"], inputs["trainer_config"]
+    if kind in ("grpo", "rloo"):
+        return _run_online(inputs)
+    if kind not in ("sft", "dpo", "reward"):
+        raise NotImplementedError(f"trainer {kind!r}")
+    P, opt, sched = _optimizer(inputs)
     mbs, windows = inputs["micro_batches"], inputs["windows"]
     beta, eps = float(tc.get("beta", 0.1)), float(tc.get("label_smoothing", 0.0))
 
@@ -287,21 +320,7 @@ def _run_trainer_vector(inputs):
                     out["scores"] = {"chosen": _np(c), "rejected": _np(r)}
             loss.backward()
             step_loss += loss.item()
-        if step == 0:
-            out["loss"] = step_loss
-            out["grads"] = {n: _np(p.grad).copy() for n, p in P.items()}
-        clip = float(tc["gradient_clip"])
-        if clip > 0:  # spec/api.md: gradient_clip = 0 disables clipping (the norm is still reported)
-            norm = float(torch.nn.utils.clip_grad_norm_(list(P.values()), clip, foreach=False))
-        else:
-            norm = float(torch.sqrt(sum((p.grad * p.grad).sum() for p in P.values())))
-        if step == 0:
-            out["grad_norm"] = norm
-        out["learning_rates"].append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-        out["loss_trajectory"].append(step_loss)
-        out["grad_norms"].append(norm)
+        _update(P, opt, sched, tc, out, step, step_loss)
         n_pairs = denom if kind != "sft" else 1
         for k in stat_names:
             out[k].append(sums[k] / n_pairs)
@@ -309,3 +328,93 @@ def _run_trainer_vector(inputs):
         out[k] = np.asarray(out[k], dtype=np.float64)
     out["parameters_after"] = {n: _np(p) for n, p in P.items()}
     return out
+
+
+# ---------------------------------------------------------------- spec 1.1: GRPO and RLOO on fixed rollouts
+# TRL v1.9.0's formulas (spec/rl.md §2, §3, §5, §6, §8), written again here: per-token log-probs of
+# logits ÷ temperature, group advantages (nanmean, Bessel nanstd, + 1e-4) or RLOO's k1 KL in the reward
+# and leave-one-out baseline, one update per rollout (old log-probs = this forward, detached), GRPO's
+# clipped surrogate + β·k3 KL summed over the window's mask tokens ÷ their count (dapo), RLOO's
+# sequence-level clipped surrogate, mean over rows ÷ micro-batch count. Reference = initial weights.
+
+def _run_online(inputs):
+    kind, cfg, tc = inputs["trainer"], inputs["model_config"], inputs["trainer_config"]
+    if tc.get("loss_type", "dapo") != "dapo" or tc.get("importance_sampling_level", "token") != "token":
+        raise NotImplementedError("only loss_type 'dapo' at token level")
+    P, opt, sched = _optimizer(inputs)
+    P0 = {n: p.detach().clone() for n, p in P.items()}
+    G, temp, beta = int(tc["num_generations"]), float(tc["temperature"]), float(tc["beta"])
+    lo, hi = 1 - float(tc["epsilon"]), 1 + float(tc["epsilon_high"] if tc["epsilon_high"] is not None else tc["epsilon"])
+    mbs, windows = inputs["micro_batches"], inputs["windows"]
+
+    def token_logps(params, mb):  # (B, T−1): log softmax(logits ÷ temperature) at the next token
+        ids, att = _long(mb["input_ids"]), _long(mb["attention_mask"])
+        z = (_gpt2_hidden(params, cfg, ids, att) @ params["wte.weight"].T)[:, :-1] / temp
+        return torch.gather(torch.log_softmax(z, dim=-1), 2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+    def mask(mb):
+        return torch.as_tensor(np.asarray(mb["completion_mask"], dtype=np.float64))
+
+    out = {"loss_trajectory": [], "learning_rates": [], "grad_norms": [], "kl": [], "advantages": []}
+    for step, window in enumerate(windows):
+        with torch.no_grad():
+            old = {i: token_logps(P, mbs[i]) for i in window}
+            ref = {i: token_logps(P0, mbs[i]) for i in window}
+        if step == 0:
+            out["token_logps"] = _np(old[window[0]])
+        R = torch.as_tensor(np.asarray(inputs["rewards"][step], dtype=np.float64))
+        if kind == "grpo":
+            A, kl_num, kl_den = _grpo_advantages(R, G), 0.0, 0.0
+        else:
+            kl_seq = torch.cat([((old[i] - ref[i]) * mask(mbs[i])).sum(dim=1) for i in window])
+            A = _rloo_advantages(R - beta * kl_seq, G)
+            out["kl"].append(float(kl_seq.mean()))
+        out["advantages"].append(_np(A))
+        N = sum(float(mask(mbs[i]).sum()) for i in window)
+        opt.zero_grad(set_to_none=False)
+        step_loss, row = 0.0, 0
+        for i in window:
+            lp, m = token_logps(P, mbs[i]), mask(mbs[i])
+            a = A[row:row + lp.shape[0]]
+            row += lp.shape[0]
+            if kind == "grpo":
+                ratio = torch.exp(lp - lp.detach())
+                a2 = a[:, None]
+                per_token = -torch.min(ratio * a2, torch.clamp(ratio, lo, hi) * a2)
+                d = ref[i] - lp
+                k3 = torch.exp(d) - d - 1
+                loss = ((per_token + beta * k3) * m).sum() / max(N, 1.0)
+                kl_num, kl_den = kl_num + float((k3.detach() * m).sum()), kl_den + float(m.sum())
+            else:
+                s = (lp * m).sum(dim=1)
+                ratio = torch.exp(s - s.detach())
+                loss = -torch.min(ratio * a, torch.clamp(ratio, lo, hi) * a).mean() / len(window)
+            loss.backward()
+            step_loss += loss.item()
+        if kind == "grpo":
+            out["kl"].append(kl_num / kl_den)
+        _update(P, opt, sched, tc, out, step, step_loss)
+    for k in ("loss_trajectory", "learning_rates", "grad_norms", "kl", "advantages"):
+        out[k] = np.asarray(out[k], dtype=np.float64)
+    out["parameters_after"] = {n: _np(p) for n, p in P.items()}
+    return out
+
+
+def _nanstd(x):  # Bessel-corrected over the non-NaN entries; NaN with fewer than 2
+    x = x[~torch.isnan(x)]
+    return x.std(unbiased=True) if x.numel() > 1 else torch.tensor(float("nan"), dtype=torch.float64)
+
+
+def _grpo_advantages(R, G):
+    groups = R.view(-1, G)
+    mean = torch.nanmean(groups, dim=1, keepdim=True)
+    std = torch.stack([_nanstd(g) for g in groups])[:, None]
+    return torch.nan_to_num((groups - mean) / (std + 1e-4), nan=0.0).reshape(-1)
+
+
+def _rloo_advantages(R, G):
+    groups = R.view(-1, G)
+    ok = ~torch.isnan(groups)
+    total, count = torch.where(ok, groups, 0.0).sum(dim=1, keepdim=True), ok.sum(dim=1, keepdim=True)
+    baseline = (total - groups) / (count - 1)  # the other scorable rows' mean
+    return torch.nan_to_num(groups - baseline, nan=0.0, posinf=0.0, neginf=0.0).reshape(-1)

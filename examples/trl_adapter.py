@@ -277,6 +277,8 @@ def _long(a):
 def _run_trainer_vector(inputs, dpo):
     """The vector's steps with transformers' model and schedule, torch's AdamW and clipping, TRL's losses."""
     kind, tc, mbs, windows = inputs["trainer"], inputs["trainer_config"], inputs["micro_batches"], inputs["windows"]
+    if kind not in ("sft", "dpo", "reward"):  # the spec 1.1 GRPO/RLOO vectors are optional: SKIP
+        raise NotImplementedError(f"trainer {kind!r}: this adapter covers TRL's offline losses only")
     model, vec_name = _hf_model(inputs)
     params = {vec_name[n]: p for n, p in model.named_parameters()}
     no_decay = set(tc["no_decay_parameters"])

@@ -15,7 +15,8 @@ A file whose numbers agree with the code (within diff()'s tolerance) is kept byt
 sha256 in manifest.json — which the conformance runner verifies with the spec version and case count
 of every file before it calls an adapter — changes only when a number does.
 
-It also writes the end-to-end trainer vectors trainer_{sft,dpo,reward}.json: a tiny float64 GPT-2 with
+It also writes the end-to-end trainer vectors trainer_{sft,dpo,reward}.json (and, from
+scripts/make_rl_trainer_vectors.py, the spec 1.1 trainer_{grpo,rloo}.json): a tiny float64 GPT-2 with
 explicit initial weights (Python random again), records, their collated micro-batches and the explicit
 step schedule (= the order the real trainers use for the stated seed), and the expected numbers of
 `reference_adapter.run_trainer_vector` (the trainers' components driven as training.run_loop drives
@@ -566,6 +567,12 @@ def build(seed: int = SEED, keep=OUT_DIR) -> dict:
             "cases": cases,
         }
         trainer_entries.append({"file": fname, "trainer": kind, "section": section, "cases": len(cases)})
+    import make_rl_trainer_vectors  # the spec 1.1 GRPO and RLOO trainer vectors (spec/rl.md §11)
+
+    for fname, obj in make_rl_trainer_vectors.build(seed).items():
+        out[fname] = obj
+        trainer_entries.append({"file": fname, "trainer": obj["trainer"], "section": obj["section"],
+                                "cases": len(obj["cases"])})
     texts = file_texts(out, keep)
     for e in entries + trainer_entries:  # what the runner verifies before it calls an adapter (codec.load_vectors)
         e["spec_version"] = out[e["file"]]["spec_version"]

@@ -42,7 +42,8 @@ def test_reference_adapter_passes_everything():
             assert r.max_abs <= 1e-14  # the vectors were produced by this very code (bit-equal on one machine)
     # trainer vectors go through BLAS: equal here, within their own tolerances elsewhere
     assert sorted(r.case for r in report.rows if r.check == "trainer") == [
-        "dpo/tiny_gpt2_5_steps", "reward/tiny_gpt2_5_steps", "sft/tiny_gpt2_5_steps"]
+        "dpo/tiny_gpt2_5_steps", "grpo/tiny_gpt2_2_steps_fixed_rollouts", "reward/tiny_gpt2_5_steps",
+        "rloo/tiny_gpt2_2_steps_fixed_rollouts", "sft/tiny_gpt2_5_steps"]
 
 
 def test_main_with_reference_adapter(capsys):
@@ -64,8 +65,8 @@ def test_torch_adapter_passes():
     # independent code: agreement to rounding, not bit-identity everywhere
     assert max(r.max_abs for r in report.rows if r.max_abs is not None and r.check != "trainer") < 1e-13
     # end to end (5 AdamW steps): rounding, plus the noise-integrating parameters (README; < 1e-10 measured)
-    trainer_rows = [r for r in report.rows if r.check == "trainer"]
-    assert len(trainer_rows) == 3 and max(r.max_abs for r in trainer_rows) < 1e-9
+    trainer_rows = [r for r in report.rows if r.check == "trainer"]  # spec 1.0's three, spec 1.1's GRPO and RLOO
+    assert len(trainer_rows) == 5 and max(r.max_abs for r in trainer_rows) < 1e-9
 
 
 def _rows(out):
@@ -114,7 +115,8 @@ class _Cheap:
 
 def test_only_rule_globs_file_names_functions_and_cases():
     trainers = [("sft/tiny_gpt2_5_steps", "trainer"), ("dpo/tiny_gpt2_5_steps", "trainer"),
-                ("reward/tiny_gpt2_5_steps", "trainer")]
+                ("reward/tiny_gpt2_5_steps", "trainer"), ("grpo/tiny_gpt2_2_steps_fixed_rollouts", "trainer"),
+                ("rloo/tiny_gpt2_2_steps_fixed_rollouts", "trainer")]
     assert _selected("trainer_*") == trainers                       # a glob over file stems
     assert _selected("trainer_*.json") == trainers                  # ... and file names
     assert _selected("trainer_sft.json") == trainers[:1]            # a file name
@@ -123,6 +125,8 @@ def test_only_rule_globs_file_names_functions_and_cases():
     sft_loss = _selected("sft_loss")                                # a function: all its cases and checks
     assert len(sft_loss) == 7 + 7 + 3 and {c for c, _ in sft_loss} == {c for c, _ in _selected("sft_loss.json")}
     assert set(_selected("*sft*")) == set(sft_loss) | set(trainers[:1])  # everything SFT
+    assert _selected("grpo") == trainers[3:4] and _selected("trainer_rloo.json") == trainers[4:]
+    assert len(_selected("grpo*")) == 1 + len(_selected("grpo_loss")) + len(_selected("grpo_advantages"))
     assert _selected("sft_loss/own_count") == [("sft_loss/own_count", "value"), ("sft_loss/own_count", "grad")]
     assert {c for c, _ in _selected("dpo_loss/")} == {c for c, _ in _selected("dpo_loss")}
     assert _selected("dpo_loss/random_eps0.0*")[0] == ("dpo_loss/random_eps0.0_beta0.1", "value")

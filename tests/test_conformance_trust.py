@@ -148,10 +148,10 @@ def test_adapter_that_exits_while_importing_is_a_usage_error(tmp_path, how):
 
 def test_rows_count_against_the_plan():
     report = C.run(C.reference_adapter, only=["normalize_scores"])
-    assert report.ok and len(report.rows) == len(report.expected) == 9 and report.manifest_checks == 203
+    assert report.ok and len(report.rows) == len(report.expected) == 9 and report.manifest_checks == 205
     report.rows.pop()  # a check that never came back
     assert not report.ok and report.counts["FAIL"] == 0
-    assert "8 of 9 selected checks; the manifest lists 203) -> FAIL" in C.summary_line(report)
+    assert "8 of 9 selected checks; the manifest lists 205) -> FAIL" in C.summary_line(report)
 
 
 # ============================ vector integrity ================================================
@@ -215,7 +215,8 @@ def test_tampered_vectors_exit_2_with_one_line(tmp_path, name):
 
 def test_committed_vectors_verify():
     manifest, files = C.load_vectors(VEC, C.SPEC_VERSION)
-    assert [f.name for f in files][-3:] == ["trainer_sft.json", "trainer_dpo.json", "trainer_reward.json"]
+    assert [f.name for f in files][-5:] == ["trainer_sft.json", "trainer_dpo.json", "trainer_reward.json",
+                                            "trainer_grpo.json", "trainer_rloo.json"]
     # each file keeps the spec version that introduced it; the manifest is the current one
     assert {f.obj["spec_version"] for f in files} == {"1.0", "1.1"} and manifest["spec_version"] == C.SPEC_VERSION
     for f in files:
@@ -259,3 +260,48 @@ def test_trainer_sft_logits_compared_at_real_positions_only():
     assert res["logits"][0] and res["logits"][1] == 0.0
     got["logits"][mask.nonzero()[0][0], mask.nonzero()[1][0], 3] += 1e-6  # a real position: compared
     assert not dict(C.trainer_comparisons(got, case, 1e-10, 1e-12))["logits"][0]
+
+
+# ============================ optional (spec 1.1) trainer vectors =============================
+
+def test_an_optional_trainer_vector_may_be_declined_a_required_one_may_not(tmp_path):
+    """run_trainer_vector raising NotImplementedError: SKIP for the spec 1.1 GRPO/RLOO vectors (optional,
+    as the 1.1 functions), FAIL for the spec 1.0 ones; any other exception FAILs either."""
+    ad = _adapter(tmp_path, """
+        def run_trainer_vector(inputs):
+            if inputs["trainer"] in ("grpo", "rloo"):
+                raise NotImplementedError("offline trainers only")
+            if inputs["trainer"] == "reward":
+                raise NotImplementedError("no reward model")
+            return R.run_trainer_vector(inputs)
+    """)
+    r = _cli(ad, "--only", "trainer_*")
+    rows = _rows(r.stdout)
+    assert rows[("grpo/tiny_gpt2_2_steps_fixed_rollouts", "trainer")] == "SKIP"
+    assert rows[("rloo/tiny_gpt2_2_steps_fixed_rollouts", "trainer")] == "SKIP"
+    assert rows[("reward/tiny_gpt2_5_steps", "trainer")] == "FAIL"
+    assert rows[("sft/tiny_gpt2_5_steps", "trainer")] == "OK" and r.returncode == 1, r.stdout
+    assert "(optional, spec 1.1)" in r.stdout and "raised NotImplementedError: no reward model" in r.stdout
+    ad = _adapter(tmp_path, """
+        def run_trainer_vector(inputs):
+            raise KeyError(inputs["trainer"])
+    """, "keyerror_adapter.py")
+    r = _cli(ad, "--only", "grpo")
+    assert _rows(r.stdout) == {("grpo/tiny_gpt2_2_steps_fixed_rollouts", "trainer"): "FAIL"} and r.returncode == 1
+
+
+def test_grpo_token_logps_are_compared_at_completion_tokens_only():
+    """spec/rl.md §11: the first per-token log-probs count where completion_mask = 1; elsewhere (prompt,
+    padding, a masked truncated row) any value passes, and a change at a completion token fails."""
+    from vietnamese_ai_ref.conformance import reference_adapter
+
+    case = json.loads((VEC / "trainer_grpo.json").read_text(encoding="utf-8"))["cases"][0]
+    got = reference_adapter.run_trainer_vector(C.decode(case["inputs"]))
+    cm = C.decode(case["inputs"]["micro_batches"][0]["completion_mask"])
+    for where, status in (((cm == 0), "OK"), ((cm != 0), "FAIL")):
+        bent = dict(got, token_logps=np.where(where, got["token_logps"] + 0.5, got["token_logps"]))
+        rows = []
+        C._run_trainer_case(type("A", (), {"run_trainer_vector": staticmethod(lambda i, b=bent: b)})(),
+                            case, 1e-10, 1e-12, rows)
+        assert rows[0].status == status, rows[0].detail
+    assert (cm == 0).sum() > 0 and (cm != 0).sum() > 0

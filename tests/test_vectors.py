@@ -108,7 +108,7 @@ def test_manifest():
     slot = m["trainer_vectors"]
     assert slot["format"] == TRAINER_FORMAT and "run_trainer_vector" in slot["status"]
     assert slot["tolerances"] == {"rtol": 1e-10, "atol": 1e-12}
-    assert [e["trainer"] for e in slot["files"]] == ["sft", "dpo", "reward"]
+    assert [e["trainer"] for e in slot["files"]] == ["sft", "dpo", "reward", "grpo", "rloo"]
     assert (VEC / "README.md").read_text(encoding="utf-8").count(TRAINER_FORMAT) >= 1
 
 
@@ -195,10 +195,25 @@ EXPECTED_KEYS = {
     "reward": {"scores", "accuracy", "reward_margin"},
 }
 COMMON_KEYS = {"loss", "grad_norm", "grads", "learning_rates", "grad_norms", "loss_trajectory", "parameters_after"}
+RL_KEYS = {"token_logps", "advantages", "kl"}  # spec 1.1's GRPO and RLOO vectors (tests/test_trainer_vectors_rl.py)
 
 
 def test_trainer_vector_files():
-    for e in MANIFEST["trainer_vectors"]["files"]:
+    rl = [e for e in MANIFEST["trainer_vectors"]["files"] if e["trainer"] in ("grpo", "rloo")]
+    assert [e["trainer"] for e in rl] == ["grpo", "rloo"]
+    for e in rl:
+        f = TRAINER_FILES[e["file"]]
+        assert f["spec_version"] == e["spec_version"] == "1.1" and e["cases"] == len(f["cases"]) == 1
+        assert (VEC / e["file"]).stat().st_size < 2_000_000
+        inputs, expected = decode(f["cases"][0]["inputs"]), decode(f["cases"][0]["expected"])
+        assert set(expected) == COMMON_KEYS | RL_KEYS and inputs["trainer"] == e["trainer"]
+        assert list(expected["grads"]) == list(inputs["parameters"]) == list(expected["parameters_after"])
+        assert len(inputs["windows"]) == len(inputs["rewards"]) == inputs["trainer_config"]["total_steps"] == 2
+        assert expected["advantages"].shape == (2, 12) and expected["kl"].shape == (2,)
+        assert expected["token_logps"].shape == inputs["micro_batches"][0]["completion_mask"].shape
+        for v in _leaves(expected):
+            assert np.all(np.isfinite(v))
+    for e in MANIFEST["trainer_vectors"]["files"][:3]:
         f = TRAINER_FILES[e["file"]]
         kind = e["trainer"]
         assert f["format"] == TRAINER_FORMAT and _introduced_ok(f["spec_version"]) and f["trainer"] == kind

@@ -254,10 +254,13 @@ def _short(x, n: int = 60) -> str:
 
 # ============================ running a planned case ==========================================
 
-def _call(fn, args) -> tuple:
-    """(True, result) or (False, message): an exception or a `sys.exit` of the adapter is a result."""
+def _call(fn, args, skip=()) -> tuple:
+    """(True, result) or (False, message): an exception or a `sys.exit` of the adapter is a result;
+    (None, message) for an exception of the types `skip` (an optional check the adapter declines)."""
     try:
         return True, fn(*args)
+    except skip as e:
+        return None, _one_line(e)
     except SystemExit as e:
         return False, f"adapter called sys.exit({e.code!r})"
     except Exception as e:  # noqa: BLE001 — any exception is a conformance failure, never a crash
@@ -348,7 +351,11 @@ def _trainer_rows(adapter, p: Planned, override) -> list:
     impl = getattr(adapter, "run_trainer_vector", None)
     if not callable(impl):
         return [Row("SKIP", p.name, "trainer", detail="adapter has no run_trainer_vector()")]
-    ok, got = _call(impl, [decode(p.case["inputs"])])
+    optional = p.vf.obj.get("spec_version") != "1.0"  # added by a MINOR version (spec/README.md)
+    ok, got = _call(impl, [decode(p.case["inputs"])], NotImplementedError if optional else ())
+    if ok is None:
+        return [Row("SKIP", p.name, "trainer", detail=f"run_trainer_vector() does not implement trainer "
+                                                      f"{p.vf.function!r} (optional, spec {p.vf.obj['spec_version']})")]
     if not ok:
         return [_fail(p, "trainer", got)]
     if not isinstance(got, dict):
@@ -382,15 +389,24 @@ def _quantity_tolerance(leaf: str, case: dict, rtol: float, atol: float, overrid
 def normative_masks(case: dict, expected: dict) -> dict:
     """{leaf: mask} of the elements that are compared where not all are: the first-forward `logits`
     (B, T, V) only at the real positions of micro_batches[0] (attention_mask ≠ 0), since the values at
-    padded positions are not normative (spec/model.md §4)."""
-    e = expected.get("logits")
+    padded positions are not normative (spec/model.md §4); the GRPO/RLOO vectors' `token_logps`
+    (B, T − 1) only at the completion tokens (micro_batches[0].completion_mask ≠ 0, spec/rl.md §11)."""
+    out = {}
     try:
-        am = host_np.asarray(decode(case["inputs"]["micro_batches"][0]["attention_mask"])) != 0
+        mb = case["inputs"]["micro_batches"][0]
     except (KeyError, IndexError, TypeError):
-        return {}
-    if getattr(e, "ndim", 0) == 3 and am.shape == e.shape[:2]:
-        return {"logits": am[:, :, None]}  # (B, T, 1): broadcast over the vocabulary
-    return {}
+        return out
+    e = expected.get("logits")
+    if "attention_mask" in mb:
+        am = host_np.asarray(decode(mb["attention_mask"])) != 0
+        if getattr(e, "ndim", 0) == 3 and am.shape == e.shape[:2]:
+            out["logits"] = am[:, :, None]  # (B, T, 1): broadcast over the vocabulary
+    e = expected.get("token_logps")
+    if "completion_mask" in mb:
+        cm = host_np.asarray(decode(mb["completion_mask"])) != 0
+        if getattr(e, "ndim", 0) == 2 and cm.shape == e.shape:
+            out["token_logps"] = cm
+    return out
 
 
 def trainer_comparisons(got, case: dict, rtol: float, atol: float, override: dict | None = None) -> list:

@@ -19,11 +19,16 @@ from ..models.gpt2 import GPTConfig, TransformerLM
 from ..text.records import IGNORE_INDEX
 from ..trainers import dpo as _dpo
 from ..trainers import reward as _reward
+from ..trainers.grpo import GRPOTrainer, policy_token_logps
+from ..trainers.rloo import RLOOTrainer
 from ..trainers.loop import run_loop
 from ..trainers.settings import LoopSettings
 from .codec import PROTOCOL
 
-__all__ = ["ReferenceAdapter", "reference_adapter", "reference_trainer_run"]
+__all__ = ["ReferenceAdapter", "reference_adapter", "reference_trainer_run", "ONLINE_TRAINERS"]
+
+#: The spec 1.1 trainer vectors (spec/rl.md §11): one optimiser step after another on fixed rollouts.
+ONLINE_TRAINERS = {"grpo": GRPOTrainer, "rloo": RLOOTrainer}
 
 _DPO_ARGS = PROTOCOL["dpo_loss"].args[:4]
 
@@ -194,6 +199,15 @@ def _micro_batches(kind, mbs, windows, model, tc, pad):
     return out
 
 
+def _gradients(opt, model) -> dict:
+    """{parameter name: host copy of its gathered gradient}, in the model's parameter order."""
+    grads = {}
+    for g in opt.groups:
+        for name, p, a, b in zip(g.names, g.params, g.offsets, g.offsets[1:]):
+            grads[name] = to_numpy(g.grad[a:b]).reshape(p.data.shape).copy()
+    return {n: grads[n] for n in model.named_parameters()}
+
+
 def reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict:
     """The body of `ReferenceAdapter.run_trainer_vector` (backend already selected, float64).
     `diagnostics`, when given, receives `min_abs_pair_difference` per step (reward model: min |r_c − r_r|,
@@ -201,8 +215,10 @@ def reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict
     accuracies away from ties."""
     be = get_backend()
     kind, tc = inputs["trainer"], inputs["trainer_config"]
+    if kind in ONLINE_TRAINERS:
+        return _online_run(inputs)
     if kind not in ("sft", "dpo", "reward"):
-        raise ValueError(f"trainer không rõ / unknown trainer {kind!r}: expected 'sft', 'dpo' or 'reward'")
+        raise ValueError(f"trainer không rõ / unknown trainer {kind!r}: expected one of sft, dpo, reward, grpo, rloo")
     model = _model_of(inputs)
     pad = int(inputs["model_config"].get("pad_token_id", 0))
     windows = [[int(i) for i in w] for w in inputs["windows"]]
@@ -251,11 +267,7 @@ def reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict
             diagnostics.setdefault("min_abs_pair_difference", []).append(min(gaps) if gaps else math.inf)
         gaps.clear()
         if step == 0:
-            grads = {}
-            for g in opt.groups:
-                for name, p, a, b in zip(g.names, g.params, g.offsets, g.offsets[1:]):
-                    grads[name] = to_numpy(g.grad[a:b]).reshape(p.data.shape).copy()
-            out.update(grad_norm=norm, grads={n: grads[n] for n in model.named_parameters()})
+            out.update(grad_norm=norm, grads=_gradients(opt, model))
 
     settings = LoopSettings(epochs=1, batch_size=1, accumulation=1, lr=float(tc["toc_do_hoc"]),
                             weight_decay=float(tc["weight_decay"]), warmup_ratio=0.0,
@@ -270,6 +282,79 @@ def reference_trainer_run(inputs: dict, diagnostics: dict | None = None) -> dict
     # the spec 1.0 DPO vector records the reward means and margin, not the accuracy the trainer also logs
     traj.update({k: h[k] for k in stat_keys if k != "reward_accuracy"})
     result.update({k: host_np.asarray(v, dtype=host_np.float64) for k, v in traj.items()})
+    result["parameters_after"] = {n: to_numpy(p.data).copy() for n, p in model.named_parameters().items()}
+    return result
+
+
+# ============================ spec 1.1: GRPO and RLOO steps on fixed rollouts =======================
+
+def rollout_items(mb) -> list:
+    """The trainers' completion items of one rollout micro-batch of a trainer vector: row b is
+    input_ids[b, :prompt_lengths[b]] (the prompt) + the rest of its real tokens (the completion), and
+    its mask is completion_mask[b] at the positions that predict the completion (spec/rl.md §11)."""
+    ids, att = host_np.asarray(mb["input_ids"]), host_np.asarray(mb["attention_mask"])
+    plen, cm = host_np.asarray(mb["prompt_lengths"]), host_np.asarray(mb["completion_mask"])
+    items = []
+    for b in range(ids.shape[0]):
+        n, p = int(att[b].sum()), int(plen[b])
+        if not 1 <= p < n or cm[b, :p - 1].any() or cm[b, n - 1:].any():
+            raise ValueError(f"micro-batch row {b}: completion_mask must be 0 outside the completion "
+                             f"(prompt_lengths {p}, real length {n})")
+        items.append({"index": int(mb["example_indices"][b]), "prompt_ids": ids[b, :p].tolist(),
+                      "completion_ids": ids[b, p:n].tolist(), "mask": cm[b, p - 1:n - 1].tolist()})
+    return items
+
+
+def _online_run(inputs: dict) -> dict:
+    """A GRPO or RLOO trainer vector through the trainers' own code: `scored_window` (their `_prepare`:
+    advantages, reference log-probs, RLOO's KL in the reward) and `_micro_step` (their loss), driven by
+    `run_loop` with the vector's windows, each window's rollout and rewards given instead of sampled."""
+    kind, tc = inputs["trainer"], inputs["trainer_config"]
+    cls = ONLINE_TRAINERS[kind]
+    trainer = cls(**{k: tc[k] for k in cls.SETTINGS if k in tc})
+    model = _model_of(inputs)
+    G = trainer.num_generations
+    windows = [[int(i) for i in w] for w in inputs["windows"]]
+    if len(windows) != int(tc["total_steps"]) or len(inputs["rewards"]) != len(windows):
+        raise ValueError(f"windows ({len(windows)}) and rewards ({len(inputs['rewards'])}) need one entry per "
+                         f"step, trainer_config.total_steps is {tc['total_steps']}")
+    micro = [rollout_items(mb) for mb in inputs["micro_batches"]]
+    ref = model.copy().eval() if trainer._needs_ref() else None
+    trainer._ctx = {"model": model, "ref": ref, "pad": int(inputs["model_config"].get("pad_token_id", 0))}
+    out, advantages = {}, []
+    with no_grad():  # step 1's per-token log-probs of micro-batch 0, for the record (spec/rl.md §8)
+        lp, _, _ = policy_token_logps(model, micro[windows[0][0]], trainer._ctx["pad"], trainer.temperature)
+        out["token_logps"] = to_numpy(lp.numpy()).copy()
+
+    def prepare(window, k):
+        flat = [dict(e) for mb in window for e in mb]
+        rewards = host_np.asarray(inputs["rewards"][k], dtype=host_np.float64)
+        scored, stats = trainer.scored_window(flat, rewards, k, [len(mb) // G for mb in window])
+        advantages.append([e["advantage"] for mb in scored for e in mb])
+        return scored, stats
+
+    def on_step(step, opt, norm):
+        if step == 0:
+            out.update(grad_norm=norm, grads=_gradients(opt, model))
+
+    settings = LoopSettings(epochs=1, batch_size=1, accumulation=1, lr=float(tc["toc_do_hoc"]),
+                            weight_decay=float(tc["weight_decay"]), warmup_ratio=0.0,
+                            clip=float(tc["gradient_clip"]), logging_steps=1, seed=0)
+    try:
+        run = run_loop(model=model, examples=[], settings=settings,
+                       micro_step=lambda batch, d: trainer._micro_step(model, batch, d),
+                       weight_of=trainer._weight_of, stat_keys=trainer._stat_keys([]),
+                       schedule=[[micro[i] for i in w] for w in windows], on_step=on_step,
+                       warmup_steps=int(tc["warmup_steps"]), prepare_window=prepare)
+    finally:
+        trainer._ctx = None
+    h = run["history"]
+    result = {"token_logps": out["token_logps"], "advantages": host_np.asarray(advantages, dtype=host_np.float64),
+              "loss": h["train_loss"][0], "grad_norm": out["grad_norm"], "grads": out["grads"]}
+    for key, name in (("train_loss", "loss_trajectory"), ("learning_rate", "learning_rates"),
+                      ("grad_norm", "grad_norms"), ("kl", "kl")):
+        if key in h:
+            result[name] = host_np.asarray(h[key], dtype=host_np.float64)
     result["parameters_after"] = {n: to_numpy(p.data).copy() for n, p in model.named_parameters().items()}
     return result
 

@@ -51,6 +51,8 @@ Optional, for the trainer vectors (SKIP when absent): run_trainer_vector(inputs:
 windows, ...) and the result is shaped like its `expected` (nested dicts of arrays and floats); every
 leaf is compared under the case's tolerance, or its `quantity_tolerances` entry (the longest prefix of
 the dotted leaf name). Format and semantics: spec/vectors/README.md, "End-to-end trainer vectors".
+The spec 1.1 GRPO and RLOO trainer vectors (spec/rl.md §11) are optional: raising NotImplementedError
+for them gives SKIP (for a spec 1.0 trainer vector it is a FAIL).
 """
 
 from __future__ import annotations

@@ -382,13 +382,21 @@ class OnlineTrainerBase(TrainerBase):
         items = [{"index": i, "prompt_ids": prompts[r // G]["prompt_ids"], "completion_ids": comps[r],
                   "mask": ro.completion_mask[r, :len(comps[r])].tolist(), "has_eos": bool(ro.has_eos[r])}
                  for r, i in enumerate(idx)]
-        flat, stats = self._prepare(items, R, k)
+        out, stats = self.scored_window(items, R, k, [len(mb) for mb in window])
         stats.update(reward_stats(R, per, c["sources"].names, G))
         stats.update(completion_stats(ro))
-        out, pos = [], 0  # back into the window's micro-batches, in prompt order
-        per_prompt = len(flat) // len(prompts)
-        for mb in window:
-            n = len(mb) * per_prompt
+        return out, stats
+
+    def scored_window(self, items, R, k, prompts_per_micro_batch):
+        """The trainer's `_prepare` of a scored rollout (items in row order, rewards R (B,)), then its
+        items back into the window's micro-batches (`prompts_per_micro_batch[i]` prompts each, in prompt
+        order), each item told the window's micro-batch count `k_micro`: (micro-batches, stats). The
+        conformance reference enters here with the fixed rollouts of a trainer vector."""
+        flat, stats = self._prepare(items, R, k)
+        out, pos = [], 0
+        per_prompt = len(flat) // sum(prompts_per_micro_batch)
+        for n_prompts in prompts_per_micro_batch:
+            n = n_prompts * per_prompt
             out.append(flat[pos:pos + n])
             pos += n
         for mb in out:
