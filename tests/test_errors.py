@@ -544,3 +544,21 @@ def test_ckpt_directory_is_a_file(tmp_path, model):
     f.write_text("x")
     check(lambda: sft_trainer().huan_luyen(model, SFT_DATA, thu_muc_checkpoint=f), CheckpointError,
           "not a directory", model=model)
+
+
+@pytest.mark.parametrize("command,option", [("dpo", "--ref"), ("grpo", "--ref"), ("grpo", "--reward-model")])
+def test_cli_missing_second_model_names_its_option(tmp_path, capsys, data_file, command, option):
+    """A missing --ref / --reward-model folder is reported under its own option, not --model's."""
+    model, rm = tmp_path / "m", tmp_path / "rm"
+    m = TransformerLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    m.save_pretrained(str(model))
+    m.add_score_head()
+    m.save_pretrained(str(rm))
+    args = [command, "--data", str(data_file), "--model", str(model), "--out", str(tmp_path / "o")]
+    if command == "grpo":
+        args += ["--reward-model", str(rm) if option == "--ref" else str(tmp_path / "none")]
+    if option == "--ref":
+        args += ["--ref", str(tmp_path / "none")]
+    rc, err = cli(capsys, *args)
+    assert rc == 2 and err.startswith(f"lỗi / error: {option}:") and "directory not found" in err, err
+    assert not (tmp_path / "o").exists()

@@ -50,8 +50,9 @@ def check_records(prepare, records, what, path):
         raise CliError(f"{what} {path}: {e}") from None
 
 
-def load_model(path, *, new_ok=False, config_overrides=None):
-    """The model at `path` (our folders or transformers'); without one, a new GPT-2 from the overrides."""
+def load_model(path, *, new_ok=False, config_overrides=None, option="--model"):
+    """The model at `path` (our folders or transformers'); without one, a new GPT-2 from the overrides.
+    `option` is the command-line option that named `path` (for the error message)."""
     from ..models.gpt2 import GPTConfig, TransformerLM
 
     if path is None:
@@ -69,7 +70,7 @@ def load_model(path, *, new_ok=False, config_overrides=None):
     if not gguf and not os.path.isdir(path):
         what = "không phải thư mục hay tệp .gguf / neither a directory nor a .gguf file" if os.path.exists(path) \
             else "không tìm thấy thư mục / directory not found"
-        raise CliError(f"--model: {what}: {path}")
+        raise CliError(f"{option}: {what}: {path}")
     from ..io.api import tai_mo_hinh
 
     try:
@@ -242,7 +243,7 @@ def cmd_dpo(a):
     rd = start(a, "dpo")
     data = load_records(a.data, "--data")
     model = load_model(a.model)
-    ref = load_model(a.ref) if a.ref else None
+    ref = load_model(a.ref, option="--ref") if a.ref else None
     cfg = dict(so_vong=a.so_vong, kich_thuoc_batch=a.kich_thuoc_batch, toc_do_hoc=a.toc_do_hoc, beta=a.beta,
                label_smoothing=a.label_smoothing, gradient_accumulation=a.gradient_accumulation,
                logging_steps=a.logging_steps, seed=a.seed, max_seq_length=a.max_seq_length)

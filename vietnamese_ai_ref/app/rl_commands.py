@@ -12,7 +12,6 @@ What it is not: the parser (cli.py) or the trainers (trainers/grpo.py, rloo.py, 
 
 from __future__ import annotations
 
-import os
 
 from .commands import (check_records, checkpoint_kwargs, load_model, load_records, run_training, start, with_bar,
                        with_skipped)
@@ -37,9 +36,7 @@ def online_config(a, kind) -> dict:
 
 def load_reward_model(path):
     """The reward-model folder: it must exist and carry a score head (trained by `reward`)."""
-    if not os.path.exists(path):
-        raise CliError(f"--reward-model: không tìm thấy thư mục / directory not found: {path}")
-    model = load_model(path)
+    model = load_model(path, option="--reward-model")
     if not getattr(model, "has_score_head", False):
         raise CliError(f"--reward-model {path}: mô hình không có đầu reward (score head) / the model has no score "
                        f"head: train it with `vietnamese-ai-ref reward` first")
@@ -57,7 +54,7 @@ def cmd_online(a):
     data = load_records(a.data, "--data")
     model = load_model(a.model)
     reward_model = load_reward_model(a.reward_model)
-    ref = load_model(a.ref) if a.ref else None
+    ref = load_model(a.ref, option="--ref") if a.ref else None
     cfg = online_config(a, kind)
     trainer = ONLINE_TRAINERS[kind](**cfg)
     if ref is not None and ref.config.vocab_size != model.config.vocab_size:
