@@ -255,6 +255,32 @@ def test_ctrl_c_in_the_middle_of_an_accumulation_window(tmp_path, monkeypatch):
     assert same_weights(m, m_ref) and tr.lay_lich_su() == h_ref
 
 
+def test_ctrl_c_mid_window_without_checkpoint_options_resumes_bit_identical(tmp_path, monkeypatch):
+    """No checkpoint directory: the interrupt's checkpoint (./checkpoint-interrupted) carries the dropout
+    RNG of the last committed step, not of the moment of the interrupt (the abandoned micro-batch drew
+    dropout masks), so the resumed run redoes step 5 with the same masks and ends bit-identical."""
+    monkeypatch.chdir(tmp_path)
+    m_ref, _, h_ref = reference_run()
+    calls = {"n": 0}
+    real = losses.sft_loss
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 11:  # the first micro-batch of step 5 (after 8 training and 2 eval calls)
+            send_sigint()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(losses, "sft_loss", counting)
+    with pytest.raises(KeyboardInterrupt) as ei:
+        sft().huan_luyen(tiny(), SFT_DATA, du_lieu_val=SFT_DATA[:3])
+    assert ei.value.checkpoint_path == str(tmp_path / INTERRUPT_DIR / "checkpoint-00000004")
+    monkeypatch.setattr(losses, "sft_loss", real)
+    m = tiny()
+    tr = sft()
+    tr.huan_luyen(m, SFT_DATA, du_lieu_val=SFT_DATA[:3], tiep_tuc_tu=ei.value.checkpoint_path)
+    assert same_weights(m, m_ref) and tr.lay_lich_su() == h_ref
+
+
 def test_ctrl_c_without_directory_uses_checkpoint_interrupted(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for stop_at in (3, 2):  # a second interrupted run replaces the first one's checkpoint

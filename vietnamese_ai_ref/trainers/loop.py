@@ -11,8 +11,9 @@ spec/losses.md ("Optimisation") and spec/api.md ("Checkpoints and resume") are t
 The loop's whole mutable state is one `TrainState` that changes only when a step is complete (the
 commit), so a checkpoint of it — periodic, final or on interrupt — is always consistent, and a run
 resumed from it replays exactly the steps an uninterrupted run would take (bit-identical on CPU).
-Checkpoint bookkeeping (the run identity, the dropout RNG of the last committed step) runs only when
-checkpoints are on.
+Checkpoint bookkeeping (the run identity, periodic saves) runs only when checkpoints are on; the one
+exception is a copy of the dropout RNG state at each commit (a few integers on NumPy), so that even the
+checkpoint of an interrupt in a run without checkpoint options resumes bit-identically.
 
 What it is not: a trainer. It knows nothing of tokens, pairs or rewards; SFT/DPO/RM supply
 `micro_step(batch, denominator) -> (loss, stats)` and `weight_of(example)`; the online-RL trainers add
@@ -105,16 +106,17 @@ class _SigintDeferral:
 
 
 class _Checkpointer:
-    """Everything about checkpoints for one run. Its per-step bookkeeping (the dropout RNG of the last
-    committed step, periodic saves) runs only when checkpoints are on (a directory, a resume, or periodic
-    saves); without them it only writes the checkpoint of an interrupt (./checkpoint-interrupted), whose
-    dropout RNG is then the one of the moment of the interrupt."""
+    """Everything about checkpoints for one run. Periodic saves run only when checkpoints are on (a
+    directory, a resume, or periodic saves); without them it only writes the checkpoint of an interrupt
+    (./checkpoint-interrupted). Either way the dropout RNG state is copied at each commit (cheap; None on
+    CuPy, whose generators cannot export it): an interrupt abandons its window after some micro-batches
+    have drawn dropout masks, and the checkpoint must hold the state from before them."""
 
     def __init__(self, ck, run, on: bool):
         self.ck, self.run, self.on = ck, run, on
         self.identity = None
         self.path = None
-        self.committed_rng = dropout_rng_state(run.model) if on else None  # as of the last committed step
+        self.committed_rng = dropout_rng_state(run.model)  # as of the last committed step
 
     def ensure_identity(self):
         if self.identity is None:
@@ -134,9 +136,9 @@ class _Checkpointer:
         return self.path
 
     def after_commit(self, step: int, periodic: bool) -> None:
+        self.committed_rng = dropout_rng_state(self.run.model)
         if not self.on:
             return
-        self.committed_rng = dropout_rng_state(self.run.model)
         if periodic and self.ck.every and step % self.ck.every == 0:
             self.save()
 
@@ -145,8 +147,6 @@ class _Checkpointer:
         KeyboardInterrupt as `checkpoint_path` and say where it is. A failing write is reported, not
         raised: the interrupt must still propagate."""
         st, path = self.run.st, self.path
-        if not self.on:
-            self.committed_rng = dropout_rng_state(self.run.model)
         try:
             if path is None or not path.endswith(f"-{st.global_step:08d}") or not os.path.isdir(path):
                 path = self.save(self.ck.directory or os.path.abspath(INTERRUPT_DIR),
