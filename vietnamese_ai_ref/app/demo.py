@@ -265,10 +265,16 @@ def print_summary(s, run_dir, plots):
     for name, val, target in rows:
         print(f"{name:<{w}}  {val:>9}  {target:>9}")
     print("=" * (w + 24))
-    for e in s["examples"] + s.get("grpo_examples", []):
-        print(f"\nCâu hỏi / prompt: {e['prompt']!r}")
-        print(f"  trước / before: {e['before']!r}")
-        print(f"  sau / after:    {e['after']!r}")
+    groups = [("Câu trả lời mẫu: sau SFT → sau giai đoạn 3 / sample answers: after SFT → after stage 3",
+               s["examples"]),
+              ("Phép tính: trước → sau GRPO / arithmetic: before → after GRPO", s.get("grpo_examples", []))]
+    for title, examples in groups:
+        if examples:
+            print(f"\n{title}")
+        for e in examples:
+            print(f"\nCâu hỏi / prompt: {e['prompt']!r}")
+            print(f"  trước / before: {e['before']!r}")
+            print(f"  sau / after:    {e['after']!r}")
     print(f"\nThời gian / time: {s['seconds']:.0f} s")
     print(f"Thư mục kết quả / run directory: {run_dir}")
     drawn = [k for k, ok in plots.items() if ok]
