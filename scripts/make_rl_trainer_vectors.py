@@ -71,7 +71,7 @@ ZERO_STD_PROMPT, NAN_ROW = 5, (2, 1)
 
 
 def _rewards(rng: random.Random) -> list:
-    table = [[round(rng.uniform(-1.0, 2.0), 6) for _ in range(3)] for _ in PROMPTS]
+    table = [[round(rng.uniform(-1.0, 2.0), 6) for _ in c] for c in COMPLETIONS]
     table[ZERO_STD_PROMPT] = [0.5, 0.5, 0.5]
     table[NAN_ROW[0]][NAN_ROW[1]] = math.nan
     return table
@@ -112,7 +112,7 @@ def _case(kind: str, seed: int) -> dict:
         window, r = [], []
         for prompts in batches[w:w + tc["gradient_accumulation"]]:
             window.append(len(micro_batches))
-            micro_batches.append(_collate(prompts, examples, tok, L, tc["mask_truncated_completions"], pad_batch))
+            micro_batches.append(_collate(prompts, G, examples, tok, L, tc["mask_truncated_completions"], pad_batch))
             r += [rewards[p][g] for p in prompts for g in range(G)]
         windows.append(window)
         step_rewards.append(np.array(r, dtype=np.float64))
@@ -143,12 +143,12 @@ def _case(kind: str, seed: int) -> dict:
     }
 
 
-def _collate(prompts, examples, tok, L, mask_truncated, pad_batch) -> dict:
+def _collate(prompts, G, examples, tok, L, mask_truncated, pad_batch) -> dict:
     """One micro-batch: the G completions of each prompt in turn, rows prompt + completion right-padded
     with <pad>; completion_mask[b, j] = 1 where position j predicts a completion token of mask 1."""
     rows, plens, masks, idx = [], [], [], []
     for p in prompts:
-        for g in range(3):
+        for g in range(G):
             ids, has_eos = _completion_ids(COMPLETIONS[p][g], tok, L)
             prompt = examples[p]["prompt_ids"]
             rows.append(prompt + ids)
@@ -176,7 +176,8 @@ def _check(kind, inputs, expected) -> None:
     adv = expected["advantages"]
     # GRPO: the zero-std group and the NaN row get 0; RLOO: the NaN row (the zero-std group's rewards
     # differ by their KL once the policy has moved, at step 2)
-    assert adv.shape == (len(windows), 12) and (adv == 0.0).sum() >= (4 if kind == "grpo" else 1), adv
+    rows = len(inputs["rewards"][0])
+    assert adv.shape == (len(windows), rows) and (adv == 0.0).sum() >= (4 if kind == "grpo" else 1), adv
     assert expected["grad_norms"][0] > inputs["trainer_config"]["gradient_clip"], expected["grad_norms"]
     kl = expected["kl"]
     assert kl[0] == 0.0 and abs(kl[1]) > 1e-6, kl
