@@ -80,6 +80,12 @@ def test_demo_on_a_user_model_with_lora(tmp_path):
     before, after = model.state_dict(), trained.state_dict()
     assert abs(after["wte.weight"] - before["wte.weight"]).max() == 0  # frozen base
     assert abs(after["h.0.attn.c_attn.weight"] - before["h.0.attn.c_attn.weight"]).max() > 0
+    # the adapters train at LoRA rates (the SmolLM2 recipe's), not at the full-model rates
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    from vietnamese_ai_ref.app.demo_model import LORA_LR, USER_MODEL
+
+    assert {k: config[k]["toc_do_hoc"] for k in LORA_LR} == LORA_LR
+    assert all(LORA_LR[k] >= 10 * USER_MODEL["quick"][k]["toc_do_hoc"] for k in LORA_LR)
 
 
 def _bpe_model():
