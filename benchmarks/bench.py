@@ -89,21 +89,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _ensure_env(args):
-    """Re-exec once so that thread counts and malloc settings apply from process start (both sides)."""
+def _ensure_env(args, script=__file__, mark=_REEXEC_MARK):
+    """Re-exec `script` once so that thread counts and malloc settings apply from process start (both
+    sides); `mark` is the environment variable that says "already re-executed" (grpo_step.py uses this too)."""
     want = {v: str(args.threads) for v in THREAD_VARS}
     if args.kernels:
         want["VIETNAMESE_AI_KERNELS"] = args.kernels
     if args.allocator == "tuned":
         want.update(ALLOCATOR_ENV)
-    if os.environ.get(_REEXEC_MARK) == "1":
+    if os.environ.get(mark) == "1" or all(os.environ.get(k) == v for k, v in want.items()):
         return
-    if all(os.environ.get(k) == v for k, v in want.items()):
-        return
-    env = dict(os.environ)
-    env.update(want)
-    env[_REEXEC_MARK] = "1"
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+    env = dict(os.environ, **want, **{mark: "1"})
+    os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + sys.argv[1:], env)
 
 
 # ============================ shared helpers ===================================================

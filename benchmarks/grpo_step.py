@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import ALLOCATOR_ENV, THREAD_VARS, torch_side  # noqa: E402  (benchmarks/bench.py, same folder)
+from bench import THREAD_VARS, _ensure_env, torch_side  # noqa: E402  (benchmarks/bench.py, same folder)
 
 _REEXEC_MARK = "VIETNAMESE_AI_GRPO_BENCH_CHILD"
 CONFIGS = {
@@ -67,19 +67,6 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="cProfile our β = 0 GRPO steps instead of comparing")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
-
-
-def _ensure_env(args):
-    """Re-exec once so that the thread and allocator variables apply from process start (both sides)."""
-    want = {v: str(args.threads) for v in THREAD_VARS}
-    if args.kernels:
-        want["VIETNAMESE_AI_KERNELS"] = args.kernels
-    if args.allocator == "tuned":
-        want.update(ALLOCATOR_ENV)
-    if os.environ.get(_REEXEC_MARK) == "1" or all(os.environ.get(k) == v for k, v in want.items()):
-        return
-    env = dict(os.environ, **want, **{_REEXEC_MARK: "1"})
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
 
 
 def cpu_model() -> str:
@@ -348,7 +335,7 @@ def header(args, torch, be):
 
 def main(argv=None):
     args = parse_args(argv)
-    _ensure_env(args)
+    _ensure_env(args, __file__, _REEXEC_MARK)
     import torch
 
     torch.set_num_threads(args.threads)

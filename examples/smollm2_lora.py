@@ -31,7 +31,6 @@ import glob
 import importlib.util
 import json
 import os
-import re
 import resource
 import sys
 import time
@@ -39,6 +38,8 @@ import time
 from vietnamese_ai_ref import (DPOTrainer, GRPOTrainer, RewardModel, SFTTrainer, hop_nhat_lora, luu_adapter,
                                luu_mo_hinh, tai_mo_hinh, them_lora)
 from vietnamese_ai_ref.app.demo import load_demo_data
+# the demo's verifiable reward: 1.0 when the answer's last number is the prompt's result, None off arithmetic
+from vietnamese_ai_ref.app.demo_rl import arithmetic_accuracy, dung_phep_tinh, phep_tinh
 from vietnamese_ai_ref.text.records import format_prompt
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,7 +52,6 @@ SETTINGS = {
                   grpo_prompts=2, grpo_batch=4, grpo_lr=1e-3, grpo_new=8, arith=2),
 }
 GRPO = dict(num_generations=4, beta=0.04, temperature=0.8, seed=5)  # 4 completions per prompt, k3 KL weight
-ARITH = re.compile(r"(\d+)\s*(\+|-|cộng|trừ)\s*(\d+)")
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=PROJECTIONS)
 
 
@@ -71,27 +71,6 @@ def peak_rss_mb() -> float:
 
 def answers(model, prompts, n_new):
     return model.sinh_van_ban([format_prompt(p) for p in prompts], max_new_tokens=n_new)
-
-
-def dung_phep_tinh(prompts, completions, **columns):
-    """Phần thưởng kiểm chứng được / verifiable reward: for a prompt holding "a + b" or "a - b" (also "cộng",
-    "trừ"), 1.0 when the completion's last whole number is the result, else 0.0; None (no opinion) for
-    the other prompts."""
-    out = []
-    for p, c in zip(prompts, completions):
-        m = ARITH.search(p)
-        if m is None:
-            out.append(None)
-            continue
-        want = int(m[1]) + int(m[3]) if m[2] in ("+", "cộng") else int(m[1]) - int(m[3])
-        nums = re.findall(r"\d+", c)
-        out.append(1.0 if nums and int(nums[-1]) == want else 0.0)
-    return out
-
-
-def arithmetic_accuracy(model, prompts, n_new):
-    """Share of the arithmetic `prompts` whose greedy answer has the right result (dung_phep_tinh)."""
-    return sum(dung_phep_tinh(prompts, answers(model, prompts, n_new))) / len(prompts)
 
 
 def log(step, t0, msg):
@@ -148,7 +127,8 @@ def stage_grpo(model, rm_net, data, S, t0, recompute):
     if recompute:
         model.gradient_checkpointing_enable()
     distinct = list(dict.fromkeys(r["prompt"] for r in data["pref_train"]))
-    arith, other = [p for p in distinct if ARITH.search(p)], [p for p in distinct if not ARITH.search(p)]
+    arith = [p for p in distinct if phep_tinh(p) is not None]
+    other = [p for p in distinct if phep_tinh(p) is None]
     prompts = [p for pair in zip(arith, other) for p in pair][:S["grpo_prompts"]]  # half of them verifiable
     grpo = GRPOTrainer(so_vong=1, kich_thuoc_batch=S["grpo_batch"], toc_do_hoc=S["grpo_lr"],
                        max_completion_length=S["grpo_new"], max_seq_length=S["max_len"], logging_steps=1, **GRPO)
@@ -180,11 +160,11 @@ def run(args) -> dict:
     after = answers(model, prompts, S["new_tokens"])
     luu_adapter(model, os.path.join(args.out, "dpo_adapter"))  # PEFT's layout, on top of sft_merged/
     hop_nhat_lora(model)
-    arith = [p for p in dict.fromkeys(r["prompt"] for r in data["pref_heldout"]) if ARITH.search(p)][:S["arith"]]
-    acc = {"dpo": arithmetic_accuracy(model, arith, S["new_tokens"])}
+    arith = [p for p in dict.fromkeys(r["prompt"] for r in data["pref_heldout"]) if phep_tinh(p) is not None][:S["arith"]]
+    acc = {"dpo": arithmetic_accuracy(answers, model, arith, S["new_tokens"])[0]}
     r_grpo = stage_grpo(model, rm_net, data, S, t0, args.recompute)
     after_grpo = answers(model, prompts, S["new_tokens"])
-    acc["grpo"] = arithmetic_accuracy(model, arith, S["new_tokens"])
+    acc["grpo"] = arithmetic_accuracy(answers, model, arith, S["new_tokens"])[0]
     score = {k: rm.cham_diem_cap(rm_net, prompts, v) for k, v in
              (("before", before), ("sft", sft_answers), ("after", after), ("grpo", after_grpo))}
 

